@@ -1,0 +1,2891 @@
+# Copyright the mitogen contributors. BSD-3-Clause.
+"""
+The core of mitogen: the one file every child receives through its stdin.
+
+It holds, in order, the layers that every context needs:
+
+1. Compatibility helpers and constants (handles, limits, versions).
+2. Exceptions.
+3. The wire codec: :class:`Message`, the frame header, :class:`FrameDecoder`.
+4. Serialization: a restricted pickle with out-of-band bytes.
+5. Signals, :class:`Latch`, pollers and the :class:`Broker`.
+6. Streams and protocols: :class:`Side`, :class:`Stream`,
+   :class:`MitogenProtocol`.
+7. The :class:`Router`, :class:`Context`, :class:`Receiver`, :class:`Sender`,
+   :class:`Channel`.
+8. The child-side :class:`Importer`.
+9. Log and stdio forwarding.
+10. :class:`Dispatcher` and :class:`ExternalContext`, the main program of
+    every child.
+
+This module is written in the subset of Python that runs on 2.7 and 3.6 and
+later, uses only the standard library, and imports no other mitogen module at
+import time, so it also works when vendored under another name.
+"""
+
+import binascii
+import collections
+import errno
+import fcntl
+import heapq
+import itertools
+import logging
+import os
+import pickle
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+import traceback
+import types
+import weakref
+import zlib
+
+try:
+    import cPickle as _pickle_impl
+except ImportError:
+    _pickle_impl = pickle
+
+try:
+    from io import BytesIO
+except ImportError:
+    from StringIO import StringIO as BytesIO
+
+
+# ---------------------------------------------------------------------------
+# 1. Compatibility and constants
+# ---------------------------------------------------------------------------
+
+PY3 = sys.version_info >= (3,)
+PY24 = False
+
+if PY3:
+    BytesType = bytes
+    UnicodeType = str
+    integer_types = (int,)
+    iteritems = dict.items
+else:
+    BytesType = str
+    UnicodeType = unicode  # noqa: F821
+    integer_types = (int, long)  # noqa: F821
+    iteritems = dict.iteritems
+
+#: Version of this core file (the mitogen-core distribution).
+__version__ = '0.1.0'
+
+#: Version of the wire protocol spoken by this core. A master refuses to
+#: start children with a core whose protocol it does not support.
+PROTOCOL_VERSION = 1
+
+#: Handles reserved by the protocol.
+GET_MODULE = 100
+CALL_FUNCTION = 101
+FORWARD_LOG = 102
+ADD_ROUTE = 103
+DEL_ROUTE = 104
+ALLOCATE_ID = 105
+SHUTDOWN = 106
+LOAD_MODULE = 107
+FORWARD_MODULE = 108
+DETACHING = 109
+CALL_SERVICE = 110
+STUB_CALL_SERVICE = 111
+GET_RESOURCE = 112
+
+#: Special value of :attr:`Message.reply_to` marking a dead message: the
+#: sender closed the channel, or the message could not be delivered.
+IS_DEAD = 999
+
+#: First handle handed out to receivers allocated at run time.
+FIRST_USER_HANDLE = 1000
+
+#: Bytes read from a file descriptor at once.
+CHUNK_SIZE = 262144
+
+#: Default largest message accepted or sent, in bytes.
+DEFAULT_MAX_MESSAGE_SIZE = 128 * 1048576
+
+_DEAD = 'dead'
+
+LOG = logging.getLogger('mitogen')
+IOLOG = logging.getLogger('mitogen.io')
+IOLOG.setLevel(logging.INFO)
+
+
+def to_text(s, encoding='utf-8'):
+    """Return `s` as text, decoding bytes as UTF-8."""
+    if isinstance(s, UnicodeType):
+        return s
+    if isinstance(s, BytesType):
+        return s.decode(encoding, 'replace')
+    return UnicodeType(s)
+
+
+def _package_module():
+    """Return the ``mitogen`` package module if it is loaded, else None.
+
+    The core never imports the package itself, so that it works when
+    vendored; package globals are updated only when the package exists."""
+    return sys.modules.get('mitogen')
+
+
+def set_cloexec(fd):
+    """Mark `fd` close-on-exec so child processes never inherit it."""
+    flags = fcntl.fcntl(fd, fcntl.F_GETFD)
+    fcntl.fcntl(fd, fcntl.F_SETFD, flags | fcntl.FD_CLOEXEC)
+
+
+def set_nonblock(fd):
+    """Put `fd` in non-blocking mode and return its previous flags."""
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+    return flags
+
+
+def set_block(fd):
+    """Put `fd` in blocking mode."""
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
+
+
+def io_op(func, *args):
+    """Run an I/O call, retrying on EINTR.
+
+    Returns `(result, disconnected)`: errors meaning the peer went away
+    (EPIPE, ECONNRESET, EIO from a closed pty) become `(None, True)`."""
+    while True:
+        try:
+            return func(*args), False
+        except (OSError, IOError, socket.error) as e:
+            err = e.args[0]
+            if err == errno.EINTR:
+                continue
+            if err in (errno.EPIPE, errno.ECONNRESET, errno.EIO,
+                       errno.ENOTCONN):
+                return None, True
+            raise
+
+
+def now():
+    """Monotonic time in seconds."""
+    return _monotonic()
+
+
+try:
+    _monotonic = time.monotonic
+except AttributeError:
+    _monotonic = time.time
+
+
+def has_parent_authority(msg, _stream=None):
+    """Policy accepting messages sent with the authority of this context or
+    any of its ancestors (the trust chain of :data:`mitogen.parent_ids`)."""
+    pkg = _package_module()
+    parent_ids = pkg.parent_ids if pkg is not None else []
+    context_id = pkg.context_id if pkg is not None else 0
+    return msg.auth_id == context_id or msg.auth_id in parent_ids
+
+
+# ---------------------------------------------------------------------------
+# 2. Exceptions
+# ---------------------------------------------------------------------------
+
+class Error(Exception):
+    """Base for every error this package raises. Formats its arguments with
+    ``%`` when more than one is given."""
+
+    def __init__(self, fmt=None, *args):
+        if args:
+            fmt %= args
+        if fmt is None:
+            Exception.__init__(self)
+        else:
+            Exception.__init__(self, fmt)
+
+
+class LatchError(Error):
+    """Raised when a :class:`Latch` was closed."""
+
+
+class StreamError(Error):
+    """Raised when a stream cannot be established, is corrupt, or a message
+    cannot be serialized or deserialized."""
+
+
+class TimeoutError(Error):
+    """Raised when a timeout expires."""
+
+
+class ChannelError(Error):
+    """Raised when a channel or call is closed, by either end, or the
+    context at the other end disconnected."""
+    remote_msg = 'Channel closed by remote end.'
+    local_msg = 'Channel closed by local end.'
+
+
+class CallError(Error):
+    """Raised when a function called in another context raised an exception.
+
+    Its text is ``module.Type: message`` followed by a newline and the remote
+    traceback, so it reads like the original error. The parts are kept as
+    :attr:`type_name`, :attr:`remote_message` and :attr:`remote_traceback`.
+    """
+
+    #: Fully qualified name of the remote exception type, e.g.
+    #: ``'builtins.ValueError'``.
+    type_name = None
+    #: ``str()`` of the remote exception.
+    remote_message = None
+    #: Remote traceback text (frames only), or the empty string.
+    remote_traceback = ''
+
+    def __init__(self, fmt=None, *args):
+        if isinstance(fmt, BaseException):
+            e = fmt
+            cls = type(e)
+            self.type_name = '%s.%s' % (cls.__module__, cls.__name__)
+            try:
+                self.remote_message = to_text(str(e))
+            except Exception:
+                self.remote_message = repr(e)
+            tb = sys.exc_info()[2]
+            self.remote_traceback = ''.join(traceback.format_tb(tb)) \
+                if tb else ''
+            fmt = '%s: %s' % (self.type_name, self.remote_message)
+            if self.remote_traceback:
+                fmt += '\n' + self.remote_traceback
+            Error.__init__(self, fmt)
+        else:
+            Error.__init__(self, fmt, *args)
+
+    def __reduce__(self):
+        return (_unpickle_call_error, (
+            to_text(self.args[0]) if self.args else u'',
+            self.type_name, self.remote_message, self.remote_traceback,
+        ))
+
+
+def _unpickle_call_error(s, type_name=None, message=None, tb=None):
+    if not isinstance(s, (UnicodeType, BytesType)) or len(s) > 10485760:
+        raise TypeError('cannot unpickle CallError: bad input')
+    e = CallError(to_text(s) if PY3 else s)
+    e.type_name = type_name
+    e.remote_message = message
+    e.remote_traceback = tb or ''
+    return e
+
+
+# ---------------------------------------------------------------------------
+# Value types carried specially
+# ---------------------------------------------------------------------------
+
+class Blob(BytesType):
+    """Bytes whose :func:`repr` shows only their length, so large or binary
+    values do not flood logs."""
+
+    def __repr__(self):
+        return '[blob: %d bytes]' % len(self)
+
+    def __reduce__(self):
+        return (Blob, (BytesType(self),))
+
+
+class Secret(UnicodeType):
+    """Text whose :func:`repr` and :func:`str` hide the value (passwords)."""
+
+    def __repr__(self):
+        return '[secret]'
+
+    if not PY3:
+        def __str__(self):
+            return UnicodeType(self).encode('utf-8')
+
+    def __reduce__(self):
+        return (Secret, (UnicodeType(self),))
+
+
+class Kwargs(dict):
+    """A dict of keyword arguments. On Python 2, text keys are converted to
+    native strings so they can be passed as ``**kwargs``."""
+
+    if not PY3:
+        def __init__(self, dct=()):
+            for k, v in dict(dct).iteritems():
+                if type(k) is unicode:  # noqa: F821
+                    k = k.encode('utf-8')
+                self[k] = v
+
+    def __repr__(self):
+        return 'Kwargs(%s)' % (dict.__repr__(self),)
+
+    def __reduce__(self):
+        return (Kwargs, (dict(self),))
+
+
+# ---------------------------------------------------------------------------
+# 3. The wire codec
+# ---------------------------------------------------------------------------
+#
+# Every message on a stream is a fixed 32-byte header then the body:
+#
+#   offset size field
+#   0      2    magic 0x4d49 ('MI')
+#   2      2    flags (FLAG_OOB: the body is a pickle with out-of-band buffers)
+#   4      4    dst_id      context the message is for
+#   8      4    src_id      context that wrote the message
+#   12     4    auth_id     context whose authority the message acts under
+#   16     4    handle      handler in dst_id that receives the message
+#   20     4    reply_to    handle in src_id for replies, or IS_DEAD
+#   24     4    reserved, zero
+#   28     4    length      body length in bytes
+#
+# All integers are unsigned big-endian. The decoder checks magic and length
+# against the stream's limit BEFORE it allocates anything for the body, so a
+# peer cannot make us reserve memory with a header alone; anything wrong in a
+# header is a protocol violation that ends the stream, because after a bad
+# header the byte stream can no longer be trusted to be in frame.
+
+HEADER_FMT = '>HHLLLLLLL'
+HEADER_LEN = struct.calcsize(HEADER_FMT)
+HEADER_MAGIC = 0x4d49
+FLAG_OOB = 0x1
+_header = struct.Struct(HEADER_FMT)
+
+# Bodies smaller than this are joined to their header so a message leaves in
+# one write; larger ones are written separately to avoid copying them.
+_JOIN_LIMIT = 65536
+
+
+class ProtocolError(StreamError):
+    """A peer violated the wire protocol: bad magic, oversized message."""
+
+
+class Message(object):
+    """A message: routing header fields plus an opaque body.
+
+    :attr:`data` is the body, usually a pickle written by :meth:`pickled`
+    and read back by :meth:`unpickle`.
+    """
+    dst_id = None
+    src_id = None
+    auth_id = None
+    handle = None
+    reply_to = None
+    flags = 0
+    data = b''
+    #: The :class:`Router` the message arrived on, when received.
+    router = None
+    #: The :class:`Receiver` the message was delivered to, when received.
+    receiver = None
+    _unpickled = None
+
+    def __init__(self, **kwargs):
+        self.src_id = _package_module().context_id \
+            if _package_module() is not None else 0
+        self.auth_id = self.src_id
+        for k, v in iteritems(kwargs):
+            setattr(self, k, v)
+
+    def __repr__(self):
+        return 'Message(%r, %r, %r, %r, %r, %r..%d)' % (
+            self.dst_id, self.src_id, self.auth_id, self.handle,
+            self.reply_to, bytes(self.data[:50]), len(self.data),
+        )
+
+    @property
+    def is_dead(self):
+        """True when this is a dead message (see :data:`IS_DEAD`)."""
+        return self.reply_to == IS_DEAD
+
+    @classmethod
+    def dead(cls, reason=None, **kwargs):
+        """Return a dead message carrying `reason` as its body."""
+        if reason is not None:
+            reason = to_text(reason).encode('utf-8')
+        return cls(reply_to=IS_DEAD, data=reason or b'', **kwargs)
+
+    @classmethod
+    def pickled(cls, obj, **kwargs):
+        """Return a message whose body is `obj` serialized."""
+        self = cls(**kwargs)
+        self.flags, self.data = serialize(obj)
+        return self
+
+    def reply(self, msg, router=None, **kwargs):
+        """Send `msg` (a :class:`Message`, or any object to pickle) as the
+        reply to this message."""
+        if not isinstance(msg, Message):
+            msg = Message.pickled(msg)
+        msg.dst_id = self.src_id
+        msg.handle = self.reply_to
+        for k, v in iteritems(kwargs):
+            setattr(msg, k, v)
+        (router or self.router).route(msg)
+
+    def _dead_reason(self):
+        if self.data:
+            return to_text(self.data)
+        return ChannelError.remote_msg
+
+    def unpickle(self, throw=True, throw_dead=True):
+        """Deserialize the body.
+
+        :raises ChannelError: for a dead message, when `throw_dead`.
+        :raises CallError: when the body is a :class:`CallError`, when
+            `throw`.
+        :raises StreamError: when the body holds a type that is not allowed.
+        """
+        if throw_dead and self.is_dead:
+            raise ChannelError(self._dead_reason())
+        obj = self._unpickled
+        if obj is None:
+            obj = deserialize(self.flags, self.data, self.router)
+            self._unpickled = obj
+        if throw and isinstance(obj, CallError):
+            raise obj
+        return obj
+
+    def encode(self):
+        """Return the message as a list of byte strings to write in order."""
+        data = self.data
+        hdr = _header.pack(HEADER_MAGIC, self.flags, self.dst_id,
+                           self.src_id, self.auth_id, self.handle,
+                           self.reply_to or 0, 0, len(data))
+        if len(data) < _JOIN_LIMIT:
+            return [hdr + data]
+        return [hdr, data]
+
+
+class FrameDecoder(object):
+    """Sans-I/O decoder: bytes in through :meth:`feed`, messages out through
+    :meth:`next_message`.
+
+    It owns no file descriptor and no thread. The body of a large message is
+    collected into one preallocated buffer once its header has been
+    validated, so a 32 MiB message costs one allocation, not a chain of
+    concatenations.
+
+    :param int max_message_size: largest body accepted; a header announcing
+        more raises :class:`ProtocolError` before anything is allocated.
+    """
+
+    def __init__(self, max_message_size=DEFAULT_MAX_MESSAGE_SIZE):
+        self.max_message_size = max_message_size
+        self._buf = bytearray()
+        self._msg = None      # header decoded, body pending
+        self._body = None     # preallocated body buffer
+        self._have = 0        # bytes of body collected
+
+    def feed(self, data):
+        """Add received bytes."""
+        if self._msg is not None and self._body is not None:
+            need = len(self._body) - self._have
+            if len(data) <= need:
+                self._body[self._have:self._have + len(data)] = data
+                self._have += len(data)
+                return
+            self._body[self._have:] = data[:need]
+            self._have += need
+            data = data[need:]
+        self._buf += data
+
+    @property
+    def pending(self):
+        """Number of bytes received but not yet returned as a message."""
+        return len(self._buf) + self._have
+
+    def next_message(self):
+        """Return the next complete :class:`Message`, or None when more data
+        is needed.
+
+        :raises ProtocolError: on a corrupt or oversized header."""
+        if self._msg is None:
+            if len(self._buf) < HEADER_LEN:
+                return None
+            (magic, flags, dst_id, src_id, auth_id, handle, reply_to,
+             _, length) = _header.unpack_from(bytes(self._buf[:HEADER_LEN]))
+            if magic != HEADER_MAGIC:
+                raise ProtocolError(
+                    'bad magic 0x%04x in message header: the stream is '
+                    'corrupt or is not speaking this protocol' % (magic,))
+            if length > self.max_message_size:
+                raise ProtocolError(
+                    'message of %d bytes exceeds max_message_size of %d '
+                    'bytes' % (length, self.max_message_size))
+            msg = Message()
+            msg.dst_id, msg.src_id, msg.auth_id = dst_id, src_id, auth_id
+            msg.handle, msg.reply_to, msg.flags = handle, reply_to, flags
+            del self._buf[:HEADER_LEN]
+            self._msg = msg
+            if length > len(self._buf):
+                self._body = bytearray(length)
+                have = len(self._buf)
+                self._body[:have] = self._buf
+                self._have = have
+                self._buf = bytearray()
+            else:
+                self._body = None
+                self._need = length
+        msg = self._msg
+        if self._body is not None:
+            if self._have < len(self._body):
+                return None
+            msg.data = bytes(self._body)
+            self._body = None
+            self._have = 0
+        else:
+            msg.data = bytes(self._buf[:self._need])
+            del self._buf[:self._need]
+        self._msg = None
+        return msg
+
+
+# ---------------------------------------------------------------------------
+# 4. Serialization
+# ---------------------------------------------------------------------------
+#
+# Bodies are pickles of protocol 2, the newest protocol Python 2.7 reads.
+# Two things differ from a plain pickle:
+#
+# * Byte strings travel out of band. Protocol 2 has no opcode for Python 3
+#   bytes, so Python 3 would pickle them as text to be re-encoded, which
+#   costs more than the transfer. Instead every exact bytes object is
+#   replaced by a persistent ID and appended raw after the pickle. The body
+#   of such a message (flag FLAG_OOB) is:
+#
+#       count(4) | len(8) * count | pickle_len(4) | pickle | buffers...
+#
+# * Unpickling resolves only an explicit allow-list of globals: the
+#   builtins pickle needs for the values we document (set, frozenset,
+#   complex, bytearray, the datetime family, Decimal, UUID), the mitogen
+#   types, and types a program registers with Router.register_type(). Any
+#   other global raises StreamError, so a peer can never make us construct
+#   arbitrary objects or run code.
+
+_oob_header = struct.Struct('>L')
+# Smaller byte strings stay inside the pickle: a table entry costs more.
+_OOB_MIN = 64
+_oob_len = struct.Struct('>Q')
+
+# (module, name) pairs the unpickler resolves, by the names Python 2 and 3
+# write into protocol 2 pickles.
+_ALLOWED_GLOBALS = {}
+
+
+def _allow(module_names, name, obj):
+    for module in module_names:
+        _ALLOWED_GLOBALS[(module, name)] = obj
+
+
+def _init_allowed():
+    import datetime
+    import decimal
+    import uuid
+    builtins = ('__builtin__', 'builtins')
+    for obj in (set, frozenset, complex, bytearray, object):
+        _allow(builtins, obj.__name__, obj)
+    if not PY3:
+        _allow(builtins, 'str', str)
+        _allow(builtins, 'unicode', unicode)  # noqa: F821
+    _allow(('_codecs',), 'encode', _safe_codecs_encode)
+    _allow(('copy_reg', 'copyreg'), '_reconstructor', _safe_reconstructor)
+    for name in ('datetime', 'date', 'time', 'timedelta', 'tzinfo'):
+        _allow(('datetime',), name, getattr(datetime, name))
+    if hasattr(datetime, 'timezone'):
+        _allow(('datetime',), 'timezone', datetime.timezone)
+    _allow(('decimal', '_decimal', '_pydecimal'), 'Decimal', decimal.Decimal)
+    _allow(('uuid',), 'UUID', uuid.UUID)
+
+
+def _safe_codecs_encode(s, encoding='latin1'):
+    # Protocol 2 pickles of bytes written by Python 3's own pickler (e.g. by
+    # a program that pickled something itself) arrive as this call.
+    if encoding not in ('latin1', 'latin-1'):
+        raise StreamError('refusing _codecs.encode with encoding %r'
+                          % (encoding,))
+    return s.encode('latin-1')
+
+
+def _safe_reconstructor(cls, base, state):
+    # copy_reg._reconstructor, limited to classes the allow-list produced.
+    if not isinstance(cls, type) or not isinstance(base, type):
+        raise StreamError('refusing to reconstruct a non-class')
+    if base is object:
+        return object.__new__(cls)
+    obj = base.__new__(cls, state)
+    if base.__init__ != object.__init__:
+        base.__init__(obj, state)
+    return obj
+
+
+def serialize(obj):
+    """Serialize `obj`; return `(flags, body)`."""
+    buffers = []
+    seen = {}
+
+    def persistent_id(o):
+        if type(o) is BytesType and len(o) > _OOB_MIN:
+            i = seen.get(id(o))
+            if i is None:
+                i = seen[id(o)] = len(buffers)
+                buffers.append(o)
+            return i
+        return None
+
+    fp = BytesIO()
+    try:
+        if PY3:
+            p = _Py3Pickler(fp, 2)
+            p.persistent_id_func = persistent_id
+        else:
+            p = _pickle_impl.Pickler(fp, 2)
+            p.persistent_id = persistent_id
+        p.dump(obj)
+    except (pickle.PicklingError, TypeError, AttributeError) as e:
+        raise StreamError('cannot serialize %s: %s' % (
+            _short_repr(obj), e))
+    body = fp.getvalue()
+    if not buffers:
+        return 0, body
+    parts = [_oob_header.pack(len(buffers))]
+    parts.extend(_oob_len.pack(len(b)) for b in buffers)
+    parts.append(_oob_header.pack(len(body)))
+    parts.append(body)
+    parts.extend(buffers)
+    return FLAG_OOB, b''.join(parts)
+
+
+def _short_repr(obj):
+    s = repr(obj)
+    if len(s) > 80:
+        s = s[:77] + '...'
+    return s
+
+
+if PY3:
+    class _Py3Pickler(pickle.Pickler):
+        persistent_id_func = None
+
+        def persistent_id(self, obj):
+            return self.persistent_id_func(obj)
+
+    class _Py3Unpickler(pickle.Unpickler):
+        find_class_func = None
+        persistent_load_func = None
+
+        def find_class(self, module, name):
+            return self.find_class_func(module, name)
+
+        def persistent_load(self, pid):
+            return self.persistent_load_func(pid)
+
+
+def deserialize(flags, data, router=None):
+    """Deserialize a body written by :func:`serialize`.
+
+    `router` resolves :class:`Context` and :class:`Sender` references and
+    supplies the types registered with :meth:`Router.register_type`.
+
+    :raises StreamError: when the body is malformed or names a global that
+        is not allowed."""
+    buffers = ()
+    body = data
+    if flags & FLAG_OOB:
+        try:
+            mv = memoryview(data)
+            count, = _oob_header.unpack_from(data, 0)
+            off = 4
+            if count > len(data) // 8:
+                raise StreamError('corrupt out-of-band table')
+            lens = []
+            for _ in range(count):
+                n, = _oob_len.unpack_from(data, off)
+                lens.append(n)
+                off += 8
+            plen, = _oob_header.unpack_from(data, off)
+            off += 4
+            body = mv[off:off + plen]
+            off += plen
+            buffers = []
+            for n in lens:
+                if off + n > len(data):
+                    raise StreamError('corrupt out-of-band buffer length')
+                buffers.append(BytesType(mv[off:off + n].tobytes())
+                               if not PY3 else mv[off:off + n].tobytes())
+                off += n
+            if off != len(data):
+                raise StreamError('trailing bytes after out-of-band buffers')
+            if PY3:
+                body = body.tobytes()
+            else:
+                body = body.tobytes()
+        except struct.error:
+            raise StreamError('corrupt out-of-band table')
+
+    def find_class(module, name):
+        obj = _ALLOWED_GLOBALS.get((module, name))
+        if obj is not None:
+            return obj
+        if module == 'mitogen.core' or module == __name__:
+            if name == '_unpickle_context':
+                return _context_unpickler(router)
+            if name == '_unpickle_sender':
+                return _sender_unpickler(router)
+            if name in ('CallError', 'Blob', 'Secret', 'Kwargs',
+                        '_unpickle_call_error'):
+                return globals()[name]
+        if router is not None:
+            obj = router._resolve_registered_type(module, name)
+            if obj is not None:
+                return obj
+        raise StreamError(
+            'cannot unpickle %s.%s: the type is not allowed. Register it '
+            'with Router.register_type() on the receiving side to accept it'
+            % (module, name))
+
+    def persistent_load(pid):
+        try:
+            return buffers[pid]
+        except (IndexError, TypeError):
+            raise StreamError('bad out-of-band reference %r' % (pid,))
+
+    fp = BytesIO(body)
+    try:
+        if PY3:
+            u = _Py3Unpickler(fp, encoding='bytes')
+            u.find_class_func = find_class
+            u.persistent_load_func = persistent_load
+        else:
+            u = _pickle_impl.Unpickler(fp)
+            u.find_global = find_class
+            u.persistent_load = persistent_load
+        return u.load()
+    except StreamError:
+        raise
+    except Exception as e:
+        raise StreamError('cannot deserialize message: %s: %s'
+                          % (type(e).__name__, e))
+
+
+def _context_unpickler(router):
+    def _unpickle_context(context_id, name):
+        if not (isinstance(context_id, integer_types) and context_id >= 0):
+            raise TypeError('bad context_id')
+        if name is not None and not isinstance(name, (UnicodeType,
+                                                       BytesType)):
+            raise TypeError('bad context name')
+        if router is None:
+            return Context(None, context_id, to_text(name) if name else None)
+        return router.context_by_id(context_id, create=True,
+                                    name=to_text(name) if name else None)
+    return _unpickle_context
+
+
+def _sender_unpickler(router):
+    def _unpickle_sender(context_id, dst_handle):
+        if not (isinstance(context_id, integer_types) and
+                isinstance(dst_handle, integer_types)):
+            raise TypeError('bad Sender')
+        if router is None:
+            ctx = Context(None, context_id)
+        else:
+            ctx = router.context_by_id(context_id, create=True)
+        return Sender(ctx, dst_handle)
+    return _unpickle_sender
+
+
+def _unpickle_context(context_id, name):
+    raise TypeError('contexts are unpickled through a router')
+
+
+def _unpickle_sender(context_id, dst_handle):
+    raise TypeError('senders are unpickled through a router')
+
+
+_init_allowed()
+
+
+# ---------------------------------------------------------------------------
+# 5. Signals, Latch, pollers and the Broker
+# ---------------------------------------------------------------------------
+
+def listen(obj, name, func):
+    """Arrange for `func()` to run when signal `name` is fired on `obj`."""
+    signals = vars(obj).setdefault('_signals', {})
+    signals.setdefault(name, []).append(func)
+
+
+def unlisten(obj, name, func):
+    """Remove `func` from the listeners of signal `name` on `obj`."""
+    signals = vars(obj).get('_signals', {})
+    try:
+        signals.get(name, []).remove(func)
+    except ValueError:
+        pass
+
+
+def fire(obj, name, *args, **kwargs):
+    """Call every listener of signal `name` on `obj` with the arguments."""
+    signals = vars(obj).get('_signals', {})
+    for func in list(signals.get(name, ())):
+        func(*args, **kwargs)
+
+
+def takes_econtext(func):
+    """Decorator: the function receives the :class:`ExternalContext` of the
+    context it runs in as keyword argument `econtext` when invoked through
+    :data:`CALL_FUNCTION`."""
+    func.mitogen_takes_econtext = True
+    return func
+
+
+def takes_router(func):
+    """Decorator: the function receives the :class:`Router` of the context
+    it runs in as keyword argument `router` when invoked through
+    :data:`CALL_FUNCTION`."""
+    func.mitogen_takes_router = True
+    return func
+
+
+_CAN_TIMED_ACQUIRE = PY3
+
+
+class Latch(object):
+    """A thread-safe queue that any number of threads may wait on.
+
+    :meth:`put` never blocks. :meth:`get` blocks until an item arrives, the
+    latch is closed, or the timeout expires. Each waiter sleeps on a lock of
+    its own, so a wake-up costs no file descriptor and no polling.
+    """
+    poller_class = None
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._queue = collections.deque()
+        self._waiters = collections.deque()
+        self.closed = False
+
+    def close(self):
+        """Wake every waiter with :class:`LatchError`; later calls to
+        :meth:`get` raise it too."""
+        with self._lock:
+            self.closed = True
+            waiters = list(self._waiters)
+            self._waiters.clear()
+        for w in waiters:
+            w[1] = True
+            w[0].release()
+
+    def size(self):
+        """Number of items queued."""
+        with self._lock:
+            if self.closed:
+                raise LatchError()
+            return len(self._queue)
+
+    def empty(self):
+        """True when no item is queued."""
+        return self.size() == 0
+
+    def put(self, obj=None):
+        """Queue `obj`, waking one waiter."""
+        with self._lock:
+            if self.closed:
+                raise LatchError()
+            self._queue.append(obj)
+            while self._waiters:
+                w = self._waiters.popleft()
+                if not w[1]:
+                    w[1] = True
+                    w[0].release()
+                    break
+
+    def get(self, timeout=None, block=True):
+        """Return the next item.
+
+        :raises TimeoutError: when `timeout` seconds pass first, or
+            immediately when nothing is queued and `block` is false.
+        :raises LatchError: when the latch is or becomes closed."""
+        with self._lock:
+            if self.closed:
+                raise LatchError()
+            if self._queue:
+                return self._queue.popleft()
+            if not block or (timeout is not None and timeout <= 0):
+                raise TimeoutError()
+            waiter = [threading.Lock(), False]
+            waiter[0].acquire()
+            self._waiters.append(waiter)
+        acquired = _acquire(waiter[0], timeout)
+        with self._lock:
+            if not acquired:
+                if not waiter[1]:
+                    waiter[1] = True
+                    try:
+                        self._waiters.remove(waiter)
+                    except ValueError:
+                        pass
+                    raise TimeoutError()
+            if self.closed:
+                raise LatchError()
+            if self._queue:
+                return self._queue.popleft()
+        # Woken for an item another waiter raced us to: try again.
+        return self.get(timeout=timeout, block=block)
+
+    def __repr__(self):
+        return 'Latch(%#x, size=%d)' % (id(self), len(self._queue))
+
+
+def _acquire(lock, timeout):
+    if timeout is None:
+        lock.acquire()
+        return True
+    if _CAN_TIMED_ACQUIRE:
+        return lock.acquire(True, max(0, timeout))
+    # Python 2 has no timed acquire; wait in short sleeps rather than the
+    # busy loop of threading.Condition.
+    deadline = now() + timeout
+    delay = 0.0005
+    while True:
+        if lock.acquire(False):
+            return True
+        remaining = deadline - now()
+        if remaining <= 0:
+            return False
+        time.sleep(min(delay, remaining))
+        delay = min(delay * 2, 0.05)
+
+
+class Poller(object):
+    """Readiness poller over file descriptors, built on ``select.poll``.
+
+    Registered objects are returned by :meth:`poll` when their descriptor is
+    ready; the broker uses the stream sides themselves."""
+    SUPPORTED = True
+
+    def __init__(self):
+        import select
+        self._select = select
+        self._poll = select.poll()
+        self._rfds = {}
+        self._wfds = {}
+
+    def _update(self, fd):
+        mask = 0
+        if fd in self._rfds:
+            mask |= self._select.POLLIN
+        if fd in self._wfds:
+            mask |= self._select.POLLOUT
+        if mask:
+            self._poll.register(fd, mask)
+        else:
+            try:
+                self._poll.unregister(fd)
+            except KeyError:
+                pass
+
+    def start_receive(self, fd, data):
+        self._rfds[fd] = data
+        self._update(fd)
+
+    def stop_receive(self, fd):
+        self._rfds.pop(fd, None)
+        self._update(fd)
+
+    def start_transmit(self, fd, data):
+        self._wfds[fd] = data
+        self._update(fd)
+
+    def stop_transmit(self, fd):
+        self._wfds.pop(fd, None)
+        self._update(fd)
+
+    @property
+    def readers(self):
+        return list(self._rfds.items())
+
+    @property
+    def writers(self):
+        return list(self._wfds.items())
+
+    def close(self):
+        pass
+
+    def poll(self, timeout=None):
+        """Yield `(kind, data)` for each ready registration, where kind is
+        ``'r'`` or ``'w'``; errors and hang-ups count as readable so the
+        owner discovers them by reading."""
+        ms = -1 if timeout is None else max(0, int(timeout * 1000 + 0.999))
+        while True:
+            try:
+                events = self._poll.poll(ms)
+                break
+            except (OSError, IOError, self._select.error) as e:
+                if e.args[0] != errno.EINTR:
+                    raise
+        POLLOUT = self._select.POLLOUT
+        for fd, ev in events:
+            if ev & ~POLLOUT:
+                data = self._rfds.get(fd)
+                if data is not None:
+                    yield 'r', data
+                elif ev & ~self._select.POLLIN and fd in self._wfds:
+                    yield 'w', self._wfds[fd]
+            if ev & POLLOUT:
+                data = self._wfds.get(fd)
+                if data is not None:
+                    yield 'w', data
+
+
+class EpollPoller(Poller):
+    """:class:`Poller` built on epoll."""
+
+    def __init__(self):
+        import select
+        self._select = select
+        self._epoll = select.epoll()
+        self._rfds = {}
+        self._wfds = {}
+        self._registered = {}
+
+    def _update(self, fd):
+        mask = 0
+        if fd in self._rfds:
+            mask |= self._select.EPOLLIN
+        if fd in self._wfds:
+            mask |= self._select.EPOLLOUT
+        old = self._registered.get(fd)
+        if mask == (old or 0):
+            return
+        if not mask:
+            del self._registered[fd]
+            try:
+                self._epoll.unregister(fd)
+            except (OSError, IOError, ValueError):
+                pass
+        elif old is None:
+            self._registered[fd] = mask
+            self._epoll.register(fd, mask)
+        else:
+            self._registered[fd] = mask
+            self._epoll.modify(fd, mask)
+
+    def close(self):
+        self._epoll.close()
+
+    def poll(self, timeout=None):
+        t = -1 if timeout is None else max(0, timeout)
+        while True:
+            try:
+                events = self._epoll.poll(t)
+                break
+            except (OSError, IOError) as e:
+                if e.args[0] != errno.EINTR:
+                    raise
+        EPOLLOUT = self._select.EPOLLOUT
+        EPOLLIN = self._select.EPOLLIN
+        for fd, ev in events:
+            if ev & ~EPOLLOUT:
+                data = self._rfds.get(fd)
+                if data is not None:
+                    yield 'r', data
+                elif ev & ~EPOLLIN and fd in self._wfds:
+                    yield 'w', self._wfds[fd]
+                    continue
+            if ev & EPOLLOUT:
+                data = self._wfds.get(fd)
+                if data is not None:
+                    yield 'w', data
+
+
+def _default_poller():
+    import select
+    if hasattr(select, 'epoll'):
+        return EpollPoller
+    return Poller
+
+
+class Timer(object):
+    """A callback scheduled by :meth:`Broker.timers`; see :meth:`cancel`."""
+
+    def __init__(self, when, func):
+        self.when = when
+        self.func = func
+        self.active = True
+
+    def __lt__(self, other):
+        return self.when < other.when
+
+    def cancel(self):
+        """Prevent the callback from running."""
+        self.active = False
+
+
+class TimerList(object):
+    """Callbacks due at a time, run on the broker thread."""
+
+    def __init__(self):
+        self._heap = []
+
+    def schedule(self, delay, func):
+        """Run `func()` on the broker thread `delay` seconds from now."""
+        timer = Timer(now() + delay, func)
+        heapq.heappush(self._heap, timer)
+        return timer
+
+    def get_timeout(self):
+        while self._heap and not self._heap[0].active:
+            heapq.heappop(self._heap)
+        if not self._heap:
+            return None
+        return max(0, self._heap[0].when - now())
+
+    def expire(self):
+        t = now()
+        while self._heap and self._heap[0].when <= t:
+            timer = heapq.heappop(self._heap)
+            if timer.active:
+                timer.active = False
+                timer.func()
+
+
+# ---------------------------------------------------------------------------
+# 6. Streams and protocols
+# ---------------------------------------------------------------------------
+
+class Side(object):
+    """One direction of a :class:`Stream`: a file descriptor holder.
+
+    Closing sets :attr:`fd` to None, so a number the kernel later reuses for
+    something else is never read, written or closed through this object.
+
+    :param bool keep_alive: while this side is open, the broker keeps
+        running during shutdown.
+    :param bool blocking: leave the descriptor in blocking mode.
+    """
+
+    def __init__(self, stream, fd, cloexec=True, keep_alive=True,
+                 blocking=False):
+        self.stream = stream
+        self.fd = fd
+        self.closed = False
+        self.keep_alive = keep_alive
+        self._fork_refs = None
+        if cloexec:
+            set_cloexec(fd)
+        if not blocking:
+            self._orig_flags = set_nonblock(fd)
+        else:
+            self._orig_flags = None
+
+    def __repr__(self):
+        return '<Side of %s fd %s>' % (self.stream, self.fd)
+
+    def close(self):
+        """Close the descriptor once; later calls do nothing."""
+        if not self.closed:
+            self.closed = True
+            fd, self.fd = self.fd, None
+            os.close(fd)
+
+    def read(self, n=CHUNK_SIZE):
+        """Read up to `n` bytes; return b'' on end of file or when closed."""
+        if self.closed:
+            return b''
+        s, disconnected = io_op(os.read, self.fd, n)
+        if disconnected:
+            return b''
+        return s
+
+    def write(self, s):
+        """Write from `s`; return the count written, None when the other end
+        is gone, 0 when the write would block."""
+        if self.fd is None:
+            return None
+        try:
+            n, disconnected = io_op(os.write, self.fd, s)
+        except (OSError, IOError) as e:
+            if e.args[0] in (errno.EAGAIN, errno.EWOULDBLOCK):
+                return 0
+            raise
+        if disconnected:
+            return None
+        return n
+
+
+class Protocol(object):
+    """Behaviour attached to a :class:`Stream`: what to do with bytes that
+    arrive, when the stream can be written, on shutdown and on disconnect.
+    """
+    stream = None
+
+    def on_receive(self, broker, buf):
+        """Handle bytes read from the stream."""
+
+    def on_transmit(self, broker):
+        """The transmit side became writable."""
+
+    def on_shutdown(self, broker):
+        """The broker is shutting down; the default disconnects."""
+        self.stream.on_disconnect(broker)
+
+    def on_disconnect(self, broker):
+        """The stream was disconnected; sides are already closed."""
+
+
+class Stream(object):
+    """A connection the broker polls: a receive :class:`Side`, a transmit
+    :class:`Side` (possibly the same descriptor) and a :class:`Protocol`.
+
+    Contract: the broker calls :meth:`on_receive` when the receive side is
+    readable, :meth:`on_transmit` when the transmit side is writable and it
+    was asked to watch it, and :meth:`on_disconnect` exactly once when the
+    stream ends. After disconnection both sides are closed and no callback
+    runs again.
+    """
+    name = 'default'
+    receive_side = None
+    transmit_side = None
+    protocol = None
+
+    def __init__(self, protocol=None, name=None):
+        if protocol is not None:
+            self.set_protocol(protocol)
+        if name is not None:
+            self.name = name
+        self.disconnected = False
+
+    def __repr__(self):
+        return '<Stream %s>' % (self.name,)
+
+    def set_protocol(self, protocol):
+        """Attach `protocol`."""
+        self.protocol = protocol
+        protocol.stream = self
+
+    def accept(self, rfd, wfd):
+        """Wrap the descriptors `rfd` and `wfd` (which may be equal)."""
+        self.receive_side = Side(self, rfd)
+        if wfd == rfd:
+            self.transmit_side = self.receive_side
+        else:
+            self.transmit_side = Side(self, wfd)
+
+    def on_receive(self, broker):
+        buf = self.receive_side.read(CHUNK_SIZE)
+        if not buf:
+            self.on_disconnect(broker)
+            return
+        self.protocol.on_receive(broker, buf)
+
+    def on_transmit(self, broker):
+        self.protocol.on_transmit(broker)
+
+    def on_shutdown(self, broker):
+        self.protocol.on_shutdown(broker)
+
+    def on_disconnect(self, broker):
+        if self.disconnected:
+            return
+        self.disconnected = True
+        broker._stop_receive(self)
+        broker._stop_transmit(self)
+        lock = getattr(self.protocol, '_lock', None)
+        if lock is not None:
+            lock.acquire()
+        try:
+            for side in (self.receive_side, self.transmit_side):
+                if side is not None and not side.closed:
+                    side.close()
+        finally:
+            if lock is not None:
+                lock.release()
+        self.protocol.on_disconnect(broker)
+        fire(self, 'disconnect')
+
+
+class DelimitedProtocol(Protocol):
+    """A protocol handling its input line by line (see :meth:`on_line`)."""
+    delimiter = b'\n'
+    _trailer = b''
+
+    def on_receive(self, broker, buf):
+        buf = self._trailer + buf
+        lines = buf.split(self.delimiter)
+        self._trailer = lines.pop()
+        for line in lines:
+            self.on_line(line)
+        if len(self._trailer) > 65536:
+            self.on_line(self._trailer)
+            self._trailer = b''
+
+    def on_disconnect(self, broker):
+        if self._trailer:
+            self.on_line(self._trailer)
+            self._trailer = b''
+
+    def on_line(self, line):
+        """Handle one line, without its delimiter."""
+
+
+class MitogenProtocol(Protocol):
+    """The message protocol: decodes frames into :class:`Message` objects
+    for the router and writes messages to the stream.
+
+    :meth:`send` may be called from any thread. It writes immediately when
+    nothing is queued, and queues only what a partial write left over, so
+    a message normally leaves in the thread that sent it without waking the
+    broker.
+
+    :param Router router: the router received messages go to.
+    :param int remote_id: ID of the context at the other end.
+    """
+    #: True for the stream to our parent: messages on it act with the
+    #: authority of our ancestors.
+    is_privileged = False
+
+    def __init__(self, router, remote_id, auth_id=None):
+        self._router = router
+        self.remote_id = remote_id
+        self.auth_id = auth_id
+        self._decoder = FrameDecoder(router.max_message_size)
+        self._lock = threading.Lock()
+        self._pending = collections.deque()
+        self._pending_off = 0
+        self._transmitting = False
+        self.sent_count = 0
+        self.recv_count = 0
+
+    def __repr__(self):
+        return 'MitogenProtocol(remote_id=%s)' % (self.remote_id,)
+
+    def on_receive(self, broker, buf):
+        self._decoder.feed(buf)
+        while True:
+            try:
+                msg = self._decoder.next_message()
+            except ProtocolError as e:
+                LOG.error('%r: %s; disconnecting', self, e)
+                self.stream.on_disconnect(broker)
+                return
+            if msg is None:
+                return
+            self.recv_count += 1
+            if self.auth_id is not None:
+                msg.auth_id = self.auth_id
+            self._router._async_route(msg, self.stream)
+            if self.stream.disconnected:
+                return
+
+    def send(self, msg):
+        """Encode and write `msg`. Returns False if the stream is gone."""
+        parts = msg.encode()
+        with self._lock:
+            side = self.stream.transmit_side
+            if side is None or side.closed:
+                return False
+            self.sent_count += 1
+            if not self._pending:
+                for i, part in enumerate(parts):
+                    n = self._write_all(side, part)
+                    if n is None:
+                        return False
+                    if n < len(part):
+                        self._pending.append(part)
+                        self._pending_off = n
+                        self._pending.extend(parts[i + 1:])
+                        break
+            else:
+                self._pending.extend(parts)
+            start = self._pending and not self._transmitting
+            if start:
+                self._transmitting = True
+        if start:
+            self._router.broker._start_transmit(self.stream)
+        return True
+
+    @staticmethod
+    def _write_all(side, part):
+        off = 0
+        mv = memoryview(part) if len(part) > _JOIN_LIMIT else None
+        while off < len(part):
+            n = side.write(mv[off:] if mv is not None else
+                           (part[off:] if off else part))
+            if n is None:
+                return None
+            if n == 0:
+                return off
+            off += n
+        return off
+
+    _close_when_flushed = False
+
+    def on_transmit(self, broker):
+        gone = False
+        with self._lock:
+            side = self.stream.transmit_side
+            while self._pending:
+                part = self._pending[0]
+                n = side.write(memoryview(part)[self._pending_off:])
+                if n is None:
+                    self._pending.clear()
+                    gone = True
+                    break
+                if n == 0:
+                    return
+                self._pending_off += n
+                if self._pending_off == len(part):
+                    self._pending.popleft()
+                    self._pending_off = 0
+            self._transmitting = False
+            gone = gone or self._close_when_flushed
+        broker._stop_transmit(self.stream)
+        if gone:
+            self.stream.on_disconnect(broker)
+
+    @property
+    def pending_bytes(self):
+        """Bytes accepted by :meth:`send` but not yet written."""
+        with self._lock:
+            return sum(len(p) for p in self._pending) - self._pending_off
+
+    def on_shutdown(self, broker):
+        """For a stream to a child: ask it to shut down, and wait for it to
+        disconnect. For the stream to the parent: disconnect once every
+        queued byte is written."""
+        if not self.is_privileged:
+            self._router._on_stream_shutdown(self.stream)
+            return
+        with self._lock:
+            flushed = not self._pending
+            self._close_when_flushed = True
+        if flushed:
+            self.stream.on_disconnect(broker)
+
+    def on_disconnect(self, broker):
+        self._router._on_stream_disconnect(self.stream)
+
+
+class Waker(Protocol):
+    """Wakes the broker from other threads through a pipe, and runs the
+    functions they queued with :meth:`defer`."""
+
+    def __init__(self, broker):
+        self._broker = broker
+        self._lock = threading.Lock()
+        self._deferred = collections.deque()
+        rfd, wfd = os.pipe()
+        self._wfd = wfd
+        set_nonblock(wfd)
+        set_cloexec(wfd)
+        stream = Stream(self, name='waker')
+        stream.accept(rfd, rfd)
+        stream.receive_side.keep_alive = False
+        self._pending_wake = False
+
+    def __repr__(self):
+        return 'Waker(%r)' % (self._broker,)
+
+    def close(self):
+        if self._wfd is not None:
+            os.close(self._wfd)
+            self._wfd = None
+
+    def wake(self):
+        with self._lock:
+            if self._pending_wake or self._wfd is None:
+                return
+            self._pending_wake = True
+        try:
+            os.write(self._wfd, b'\0')
+        except (OSError, IOError) as e:
+            if e.args[0] not in (errno.EAGAIN, errno.EBADF):
+                raise
+
+    def defer(self, func, *args, **kwargs):
+        if threading.currentThread() is self._broker._thread:
+            func(*args, **kwargs)
+            return
+        self._deferred.append((func, args, kwargs))
+        self.wake()
+
+    def on_receive(self, broker, buf):
+        with self._lock:
+            self._pending_wake = False
+        self.run_deferred()
+
+    def run_deferred(self):
+        while self._deferred:
+            func, args, kwargs = self._deferred.popleft()
+            try:
+                func(*args, **kwargs)
+            except Exception:
+                LOG.exception('%r: deferred function %r failed', self, func)
+
+    def on_shutdown(self, broker):
+        pass
+
+    def on_disconnect(self, broker):
+        pass
+
+
+class Broker(object):
+    """The I/O thread of a process: polls every stream and runs timers and
+    deferred functions. User threads never block it; they wait on
+    :class:`Latch` objects instead.
+
+    :param poller_class: :class:`Poller` subclass; epoll where available.
+    """
+    poller_class = None
+    #: Seconds :meth:`shutdown` waits for streams to disconnect gracefully
+    #: before closing them by force.
+    shutdown_timeout = 5.0
+
+    def __init__(self, poller_class=None, activate_compat=True):
+        self._alive = True
+        self._exitted = False
+        self.poller = (poller_class or self.poller_class or
+                       _default_poller())()
+        self.timers = TimerList()
+        self._thread = None
+        self._waker = Waker(self)
+        self._streams = set()
+        self.start_receive(self._waker.stream)
+        self._thread = threading.Thread(target=self._broker_main,
+                                        name='mitogen.broker')
+        self._thread.daemon = True
+        self._thread.start()
+
+    def __repr__(self):
+        return 'Broker(%04x)' % (id(self) & 0xffff,)
+
+    def defer(self, func, *args, **kwargs):
+        """Run `func(*args, **kwargs)` on the broker thread soon; runs it at
+        once when called on the broker thread."""
+        if self._exitted and not self.on_thread():
+            raise Error('broker has exited')
+        self._waker.defer(func, *args, **kwargs)
+
+    def defer_sync(self, func):
+        """Run `func()` on the broker thread and return its result,
+        re-raising its exception in the caller."""
+        latch = Latch()
+
+        def wrapper():
+            try:
+                latch.put((True, func()))
+            except Exception:
+                latch.put((False, sys.exc_info()[1]))
+        self.defer(wrapper)
+        ok, value = latch.get()
+        if not ok:
+            raise value
+        return value
+
+    def on_thread(self):
+        """True when called on the broker thread."""
+        return threading.currentThread() is self._thread
+
+    def start_receive(self, stream):
+        """Watch `stream`'s receive side."""
+        self.defer(self._start_receive, stream)
+
+    def _start_receive(self, stream):
+        self._streams.add(stream)
+        side = stream.receive_side
+        if side is not None and not side.closed:
+            self.poller.start_receive(side.fd, (side, stream.on_receive))
+
+    def stop_receive(self, stream):
+        """Stop watching `stream`'s receive side."""
+        self.defer(self._stop_receive, stream)
+
+    def _stop_receive(self, stream):
+        side = stream.receive_side
+        if side is not None and side.fd is not None:
+            self.poller.stop_receive(side.fd)
+        self._streams.discard(stream)
+
+    def _start_transmit(self, stream):
+        self.defer(self._do_start_transmit, stream)
+
+    def _do_start_transmit(self, stream):
+        side = stream.transmit_side
+        if side is not None and not side.closed:
+            self.poller.start_transmit(side.fd, (side, stream.on_transmit))
+
+    def _stop_transmit(self, stream):
+        side = stream.transmit_side
+        if side is not None and side.fd is not None:
+            self.poller.stop_transmit(side.fd)
+
+    def keep_alive(self):
+        """True while any stream with a keep-alive side remains."""
+        for stream in self._streams:
+            side = stream.receive_side
+            if side is not None and side.keep_alive and not side.closed:
+                return True
+        return False
+
+    def _call(self, side, func):
+        try:
+            func(self)
+        except Exception:
+            LOG.exception('%r crashed; disconnecting it', side.stream)
+            side.stream.on_disconnect(self)
+
+    def _loop_once(self, timeout=None):
+        self._waker.run_deferred()
+        t = self.timers.get_timeout()
+        if t is not None and (timeout is None or t < timeout):
+            timeout = t
+        for kind, (side, func) in list(self.poller.poll(timeout)):
+            if side.closed:
+                continue
+            self._call(side, func)
+        self.timers.expire()
+        self._waker.run_deferred()
+
+    def _broker_main(self):
+        try:
+            while self._alive:
+                self._loop_once()
+            self._do_shutdown()
+        except Exception:
+            LOG.exception('broker crashed')
+            self._force_close_all()
+        finally:
+            self._exitted = True
+            self._waker.run_deferred()
+            self._waker.stream.on_disconnect(self)
+            self._waker.close()
+            self.poller.close()
+            fire(self, 'exit')
+
+    @staticmethod
+    def _is_upward(stream):
+        return getattr(stream.protocol, 'is_privileged', False)
+
+    def _shutdown_streams(self, streams):
+        for stream in streams:
+            try:
+                stream.on_shutdown(self)
+            except Exception:
+                LOG.exception('%r: shutdown of %r failed', self, stream)
+
+    def _do_shutdown(self):
+        # Children first: they are asked to shut down and given time to
+        # disconnect; only then is the stream to our parent flushed and
+        # closed, so replies and records sent during shutdown still leave.
+        downward = [s for s in self._streams if not self._is_upward(s)]
+        upward = [s for s in self._streams if self._is_upward(s)]
+        self._shutdown_streams(downward)
+        deadline = now() + self.shutdown_timeout
+
+        def downward_alive():
+            for s in downward:
+                side = s.receive_side
+                if side is not None and side.keep_alive and not side.closed:
+                    return True
+            return False
+        while downward_alive() and now() < deadline:
+            self._loop_once(max(0, deadline - now()))
+        self._shutdown_streams(upward)
+        while self.keep_alive() and now() < deadline:
+            self._loop_once(max(0, deadline - now()))
+        if self.keep_alive():
+            LOG.warning('%r: streams still open after %.1f s; closing them:'
+                        ' %r', self, self.shutdown_timeout,
+                        [s for s in self._streams])
+        self._force_close_all()
+
+    def _force_close_all(self):
+        for stream in list(self._streams):
+            if stream is not self._waker.stream:
+                try:
+                    stream.on_disconnect(self)
+                except Exception:
+                    LOG.exception('%r: disconnect of %r failed', self, stream)
+        self._waker.run_deferred()
+
+    def shutdown(self):
+        """Begin shutdown: streams are asked to close, then the thread ends.
+        Returns at once; see :meth:`join`."""
+        def _set():
+            self._alive = False
+        if not self._exitted:
+            self._waker.defer(_set) if not self.on_thread() else _set()
+            self._waker.wake()
+
+    def join(self, timeout=None):
+        """Wait for the broker thread to exit."""
+        if self._thread is not threading.currentThread():
+            self._thread.join(timeout)
+
+
+# ---------------------------------------------------------------------------
+# 7. Router, Context, Receiver, Sender, Channel
+# ---------------------------------------------------------------------------
+
+class Context(object):
+    """A context: the process (or future process) a message can be routed
+    to, identified by :attr:`context_id`.
+
+    :param Router router: the router used to reach it.
+    :param int context_id: its ID.
+    :param str name: human-readable name, such as ``local.1234``.
+    """
+    remote_name = None
+
+    def __init__(self, router, context_id, name=None):
+        self.router = router
+        self.context_id = context_id
+        self.name = name
+
+    def __reduce__(self):
+        return _unpickle_context, (self.context_id, self.name)
+
+    def on_disconnect(self):
+        """Fires the ``disconnect`` signal."""
+        fire(self, 'disconnect')
+
+    def send_async(self, msg, persist=False):
+        """Send `msg` with a fresh reply handle; return the
+        :class:`Receiver` its replies arrive on."""
+        recv = Receiver(self.router, persist=persist, respondent=self)
+        msg.dst_id = self.context_id
+        msg.reply_to = recv.handle
+        self.router.route(msg)
+        return recv
+
+    def send_await(self, msg, deadline=None):
+        """Send `msg` and wait for one reply; return it unpickled."""
+        recv = self.send_async(msg)
+        return recv.get(timeout=deadline).unpickle()
+
+    def send(self, msg):
+        """Send `msg` to this context (setting its ``dst_id``)."""
+        msg.dst_id = self.context_id
+        self.router.route(msg)
+
+    def __eq__(self, other):
+        return (isinstance(other, Context) and
+                other.context_id == self.context_id and
+                other.router is self.router)
+
+    def __ne__(self, other):
+        return not self.__eq__(other)
+
+    def __hash__(self):
+        return hash((self.router, self.context_id))
+
+    def __repr__(self):
+        return 'Context(%s, %r)' % (self.context_id, self.name)
+
+
+class Receiver(object):
+    """Receives messages sent to a handle of this context.
+
+    :param Router router: router to register with.
+    :param int handle: handle to listen on; a fresh one when None.
+    :param bool persist: keep receiving after the first message.
+    :param Context respondent: the context expected to send; when it
+        disconnects the receiver gets a dead message, so waiters fail
+        instead of hanging.
+    :param policy: function `(msg, stream) -> bool` deciding whether to
+        accept a message.
+    """
+    #: Called with the receiver after each message is queued.
+    notify = None
+    #: :meth:`get` raises :class:`ChannelError` on a dead message.
+    raise_channelerror = True
+
+    def __init__(self, router, handle=None, persist=True, respondent=None,
+                 policy=None, overwrite=False):
+        self.router = router
+        self.handle = handle
+        self._latch = Latch()
+        self.handle = router.add_handler(
+            fn=self._on_receive, handle=handle, policy=policy,
+            persist=persist, respondent=respondent, overwrite=overwrite,
+        )
+
+    def __repr__(self):
+        return 'Receiver(%r, %r)' % (self.router, self.handle)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def to_sender(self):
+        """Return a :class:`Sender` that sends to this receiver."""
+        return Sender(self.router.myself(), self.handle)
+
+    def _on_receive(self, msg):
+        try:
+            self._latch.put(msg)
+        except LatchError:
+            return
+        if self.notify:
+            self.notify(self)
+
+    def close(self):
+        """Unregister the handle and wake waiters with
+        :class:`ChannelError`."""
+        if self.handle:
+            self.router.del_handler(self.handle)
+            self.handle = None
+        self._latch.close()
+
+    def size(self):
+        """Number of messages queued."""
+        return self._latch.size()
+
+    def empty(self):
+        """True when no message is queued."""
+        return self._latch.empty()
+
+    def get(self, timeout=None, block=True, throw_dead=True):
+        """Return the next :class:`Message`.
+
+        :raises TimeoutError: when `timeout` seconds pass first.
+        :raises ChannelError: when the receiver is closed, or a dead message
+            arrives and `throw_dead` is true."""
+        try:
+            msg = self._latch.get(timeout=timeout, block=block)
+        except LatchError:
+            raise ChannelError(ChannelError.local_msg)
+        if msg.is_dead and throw_dead:
+            msg.unpickle()
+        return msg
+
+    def __iter__(self):
+        """Yield messages until the channel is closed."""
+        while True:
+            try:
+                msg = self.get()
+            except ChannelError:
+                return
+            yield msg
+
+
+class Sender(object):
+    """Sends messages to a handle in another context; picklable, so a
+    :class:`Receiver`'s sender can be passed to a remote function.
+
+    :param Context context: destination context.
+    :param int dst_handle: destination handle."""
+
+    def __init__(self, context, dst_handle):
+        self.context = context
+        self.dst_handle = dst_handle
+
+    def send(self, data):
+        """Send `data` pickled."""
+        self.context.send(Message.pickled(data, handle=self.dst_handle))
+
+    def close(self):
+        """Send a dead message so the receiving end sees the channel
+        close."""
+        self.context.send(Message.dead(handle=self.dst_handle,
+                                       reason=ChannelError.remote_msg))
+
+    def __reduce__(self):
+        return _unpickle_sender, (self.context.context_id, self.dst_handle)
+
+    def __repr__(self):
+        return 'Sender(%r, %r)' % (self.context, self.dst_handle)
+
+
+class Channel(Sender, Receiver):
+    """A bidirectional pair: a :class:`Sender` to `dst_handle` in `context`
+    and a :class:`Receiver` on `handle`."""
+
+    def __init__(self, router, context, dst_handle, handle=None):
+        Sender.__init__(self, context, dst_handle)
+        Receiver.__init__(self, router, handle)
+
+    def close(self):
+        Receiver.close(self)
+        Sender.close(self)
+
+    def __repr__(self):
+        return 'Channel(%s, %s)' % (Sender.__repr__(self),
+                                    Receiver.__repr__(self))
+
+
+class Router(object):
+    """Routes messages between this context's handlers and its streams.
+
+    A message for this context goes to the handler registered for its
+    handle; any other goes to the stream leading to its destination (a
+    directly connected child, a route added with :data:`ADD_ROUTE`, or else
+    the parent). :meth:`route` is safe to call from any thread.
+
+    Every message received on a stream is first checked against the stream
+    the router would use to reach the message's ``auth_id`` and ``src_id``
+    (source verification): a message arriving from any other direction is
+    dropped and logged, so no context can speak with the authority of one
+    nearer the root.
+    """
+    context_class = Context
+    max_message_size = DEFAULT_MAX_MESSAGE_SIZE
+    #: When true, messages between two child streams are refused.
+    unidirectional = False
+
+    def __init__(self, broker):
+        self.broker = broker
+        listen(broker, 'exit', self._on_broker_exit)
+        self._setup_logging()
+        self._write_lock = threading.Lock()
+        self._handle_map = {}
+        self._handles_by_respondent = {}
+        self._stream_by_id = {}
+        self._context_by_id = {}
+        self._registered_types = {}
+        self._handle_counter = itertools.count(FIRST_USER_HANDLE)
+        self.parent_stream = None
+        self.add_handler(self._on_del_route, DEL_ROUTE,
+                         policy=has_parent_authority)
+
+    def __repr__(self):
+        return 'Router(%r)' % (self.broker,)
+
+    def _setup_logging(self):
+        pass
+
+    @property
+    def context_id(self):
+        pkg = _package_module()
+        return pkg.context_id if pkg is not None else 0
+
+    def myself(self):
+        """Return the :class:`Context` for this process."""
+        pkg = _package_module()
+        name = getattr(self, '_my_name', None)
+        if name is None:
+            name = 'master' if self.context_id == 0 else None
+        return self.context_class(self, self.context_id, name)
+
+    def register_type(self, cls):
+        """Allow instances of `cls` in messages received by this router.
+
+        A type must be registered on each receiving side; types registered
+        on a master before a child starts are registered in the child too.
+        """
+        key = (cls.__module__, cls.__name__)
+        self._registered_types[key] = cls
+        return cls
+
+    def _resolve_registered_type(self, module, name):
+        obj = self._registered_types.get((module, name))
+        if obj is not None:
+            if not isinstance(obj, type):
+                mod = __import__(module, {}, {}, [''])
+                obj = getattr(mod, name)
+                self._registered_types[(module, name)] = obj
+            return obj
+        return None
+
+    def context_by_id(self, context_id, via_id=None, create=True, name=None):
+        """Return the :class:`Context` for `context_id`, creating it."""
+        ctx = self._context_by_id.get(context_id)
+        if ctx is None and create:
+            ctx = self.context_class(self, context_id, name=name)
+            ctx = self._context_by_id.setdefault(context_id, ctx)
+        return ctx
+
+    def stream_by_id(self, dst_id):
+        """Return the :class:`Stream` used to reach `dst_id`: a direct or
+        added route, else the parent stream (None in the master)."""
+        return self._stream_by_id.get(dst_id, self.parent_stream)
+
+    def register(self, context, stream):
+        """Route messages for `context` through `stream`, and fire the
+        context's ``disconnect`` signal when the stream disconnects."""
+        self._context_by_id[context.context_id] = context
+        self._stream_by_id[context.context_id] = stream
+        stream.protocol.remote_id = context.context_id
+        listen(stream, 'disconnect', lambda: context.on_disconnect())
+        self.broker.start_receive(stream)
+
+    def add_route(self, target_id, stream):
+        """Route messages for `target_id` through `stream`."""
+        self._stream_by_id[target_id] = stream
+
+    def del_route(self, target_id):
+        """Forget the route to `target_id` and fire its ``disconnect``."""
+        self._stream_by_id.pop(target_id, None)
+        ctx = self._context_by_id.get(target_id)
+        if ctx is not None:
+            ctx.on_disconnect()
+
+    def _on_del_route(self, msg):
+        if msg.is_dead:
+            return
+        target_id = int(msg.data)
+        stream = self._stream_by_id.get(target_id)
+        if stream is not None and stream.protocol.remote_id == target_id:
+            # We reach it directly: only its own stream ending removes it.
+            return
+        self.del_route(target_id)
+
+    def add_handler(self, fn, handle=None, persist=True, policy=None,
+                    respondent=None, overwrite=False):
+        """Invoke `fn(msg)` on the broker thread for each message that
+        arrives for `handle`; return the handle.
+
+        :param bool persist: keep the handler after its first message.
+        :param policy: `(msg, stream) -> bool`; rejected messages are
+            logged and answered with a dead message.
+        :param Context respondent: deliver a dead message to `fn` when that
+            context disconnects.
+        :param bool overwrite: allow replacing an existing handler."""
+        handle = handle or next(self._handle_counter)
+        if not overwrite and handle in self._handle_map:
+            raise Error('handle %r is already in use' % (handle,))
+        self._handle_map[handle] = persist, fn, policy, respondent
+        if respondent is not None:
+            if respondent not in self._handles_by_respondent:
+                self._handles_by_respondent[respondent] = set()
+                listen(respondent, 'disconnect',
+                       lambda: self._on_respondent_disconnect(respondent))
+            self._handles_by_respondent[respondent].add(handle)
+            if self._respondent_gone(respondent):
+                self.broker.defer(self._on_respondent_disconnect, respondent)
+        return handle
+
+    def _respondent_gone(self, context):
+        stream = self.stream_by_id(context.context_id)
+        if context.context_id == self.context_id:
+            return False
+        return stream is None or stream.disconnected
+
+    def _on_respondent_disconnect(self, context):
+        for handle in self._handles_by_respondent.pop(context, ()):
+            entry = self._handle_map.get(handle)
+            if entry is None:
+                continue
+            _, fn, _, _ = entry
+            self._handle_map.pop(handle, None)
+            try:
+                fn(Message.dead('the respondent context %s disconnected'
+                                % (context.name or context.context_id,),
+                                handle=handle))
+            except Exception:
+                LOG.exception('%r: handler for dead %r failed', self, handle)
+
+    def del_handler(self, handle):
+        """Remove the handler for `handle`."""
+        entry = self._handle_map.pop(handle, None)
+        if entry is not None and entry[3] is not None:
+            handles = self._handles_by_respondent.get(entry[3])
+            if handles:
+                handles.discard(handle)
+
+    def _on_broker_exit(self):
+        # Fail every waiter: nothing will be delivered after this.
+        for handle in list(self._handle_map):
+            entry = self._handle_map.pop(handle, None)
+            if entry is None:
+                continue
+            try:
+                entry[1](Message.dead('the broker has shut down',
+                                      handle=handle))
+            except Exception:
+                LOG.exception('%r: dead-on-exit handler failed', self)
+
+    def _maybe_send_dead(self, msg, reason, *args):
+        if args:
+            reason %= args
+        LOG.debug('%r: %r is dead: %r', self, msg, reason)
+        if msg.reply_to and not msg.is_dead:
+            self.route(Message.dead(
+                dst_id=msg.src_id, handle=msg.reply_to, reason=reason,
+            ))
+
+    def _invoke(self, msg, stream):
+        entry = self._handle_map.get(msg.handle)
+        if entry is None:
+            if not msg.is_dead:
+                self._maybe_send_dead(msg, 'no handler for handle %r in '
+                                      'context %r', msg.handle,
+                                      self.context_id)
+            return
+        persist, fn, policy, respondent = entry
+        if policy and not policy(msg, stream):
+            LOG.warning('%r: policy refused message: %r', self, msg)
+            self._maybe_send_dead(msg, 'refused by policy of context %r',
+                                  self.context_id)
+            return
+        if not persist:
+            self.del_handler(msg.handle)
+        msg.router = self
+        try:
+            fn(msg)
+        except Exception:
+            LOG.exception('%r: handler %r for %r failed', self, fn, msg)
+
+    def _verify_source(self, msg, in_stream):
+        expect = self.stream_by_id(msg.auth_id)
+        if in_stream is not expect:
+            LOG.error('%r: dropped %r: it arrived on %r but auth_id %r is '
+                      'reached through %r', self, msg, in_stream,
+                      msg.auth_id, expect)
+            return False
+        if msg.src_id != msg.auth_id:
+            expect = self.stream_by_id(msg.src_id)
+            if in_stream is not expect:
+                LOG.error('%r: dropped %r: it arrived on %r but src_id %r '
+                          'is reached through %r', self, msg, in_stream,
+                          msg.src_id, expect)
+                return False
+        return True
+
+    def _async_route(self, msg, in_stream=None):
+        """Deliver or forward `msg`; `in_stream` is the stream it arrived
+        on, or None when it was written in this process."""
+        if in_stream is not None and not self._verify_source(msg, in_stream):
+            return
+        if msg.dst_id == self.context_id:
+            if in_stream is None and not self.broker.on_thread():
+                self.broker.defer(self._invoke, msg, None)
+            else:
+                self._invoke(msg, in_stream)
+            return
+        out = self.stream_by_id(msg.dst_id)
+        if out is None:
+            self._maybe_send_dead(msg, 'no route to context %r from '
+                                  'context %r', msg.dst_id, self.context_id)
+            return
+        if out is in_stream:
+            LOG.error('%r: dropped %r: would be sent back where it came '
+                      'from', self, msg)
+            return
+        if (self.unidirectional and in_stream is not None and
+                not in_stream.protocol.is_privileged and
+                not out.protocol.is_privileged):
+            LOG.error('%r: dropped %r: unidirectional routing forbids '
+                      'messages between children', self, msg)
+            return
+        if len(msg.data) > self.max_message_size:
+            self._maybe_send_dead(msg, 'message of %d bytes exceeds '
+                                  'max_message_size of %d bytes',
+                                  len(msg.data), self.max_message_size)
+            return
+        if not out.protocol.send(msg):
+            self._maybe_send_dead(msg, 'the stream to context %r is '
+                                  'disconnected', msg.dst_id)
+
+    def route(self, msg):
+        """Send `msg` towards ``msg.dst_id``. Safe from any thread."""
+        if self.broker._exitted:
+            self._maybe_send_dead(msg, 'the broker has shut down') \
+                if msg.dst_id != self.context_id else None
+            if msg.dst_id != self.context_id:
+                return
+        self._async_route(msg)
+
+    def _on_stream_shutdown(self, stream):
+        """Broker shutdown: the default sends nothing and waits for the
+        peer; subclasses send SHUTDOWN to children."""
+
+    def _on_stream_disconnect(self, stream):
+        for target_id, s in list(self._stream_by_id.items()):
+            if s is stream:
+                del self._stream_by_id[target_id]
+                ctx = self._context_by_id.get(target_id)
+                if ctx is not None and target_id != \
+                        stream.protocol.remote_id:
+                    ctx.on_disconnect()
+        if stream is self.parent_stream:
+            LOG.debug('%r: parent stream disconnected; shutting down',
+                      self)
+            fire(self, 'parent_disconnect')
+            self.broker.shutdown()
+
+    def shutdown(self):
+        """Shut down the broker."""
+        self.broker.shutdown()
+
+
+# ---------------------------------------------------------------------------
+# 8. The importer
+# ---------------------------------------------------------------------------
+
+class ModuleNotServed(ImportError):
+    """The parent declined to serve a module; the text says why."""
+
+
+class Importer(object):
+    """Imports modules from the parent context, as a :data:`sys.meta_path`
+    hook placed after the normal finders: a module installed in the child
+    always wins over the parent's copy.
+
+    For a name the child cannot find it sends :data:`GET_MODULE` to its
+    parent and waits for the :data:`LOAD_MODULE` reply. Modules the parent
+    preloads arrive the same way, unasked, and are kept until imported. A
+    submodule of a package served by the parent that is not in that
+    package's list of present modules fails at once, without a request.
+
+    :param Router router: the child's router.
+    :param Context context: the parent context serving modules.
+    """
+
+    def __init__(self, router, context, core_src=None, whitelist=(),
+                 blacklist=(), pkg_present=None):
+        self._router = router
+        self._context = context
+        self._lock = threading.Lock()
+        #: fullname -> LOAD_MODULE tuple
+        self._cache = {}
+        #: fullname -> reason, for modules the parent cannot serve
+        self._absent = {}
+        #: fullname -> [Latch], requests in flight
+        self._callbacks = {}
+        self._present = {'mitogen': list(pkg_present or ())}
+        self.whitelist = list(whitelist) or ['']
+        self.blacklist = list(blacklist)
+        #: Names of GET_MODULE requests sent, in order.
+        self.requests = []
+        router.add_handler(self._on_load_module, LOAD_MODULE,
+                           policy=has_parent_authority)
+        if core_src is not None:
+            self._cache['mitogen.core'] = (
+                'mitogen.core', None, 'mitogen/core.py',
+                zlib.compress(core_src, 9), [],
+            )
+
+    def __repr__(self):
+        return 'Importer'
+
+    # Python 2 / legacy protocol.
+    def find_module(self, fullname, path=None):
+        if self._refuse_fast(fullname):
+            return None
+        return self
+
+    def _refuse_fast(self, fullname):
+        """True when `fullname` is certainly not available from the parent,
+        decided without a round trip."""
+        if fullname in self._cache:
+            return False
+        if fullname in self._absent:
+            return True
+        if any(fullname.startswith(b) for b in self.blacklist if b):
+            return True
+        if not any(fullname.startswith(w) for w in self.whitelist):
+            return True
+        pkgname, _, _ = fullname.rpartition('.')
+        if pkgname:
+            present = self._present.get(pkgname)
+            if present is not None and fullname not in present:
+                return True
+            pkg = sys.modules.get(pkgname)
+            if pkg is None or not isinstance(
+                    getattr(pkg, '__loader__', None), Importer):
+                # The parent package was not loaded by us. Only mitogen's
+                # own package is synthesised and served by us.
+                if pkgname != 'mitogen' and present is None:
+                    return True
+        return False
+
+    def find_spec(self, fullname, path=None, target=None):
+        """Python 3 finder protocol."""
+        if self._refuse_fast(fullname):
+            return None
+        if self._router.broker.on_thread():
+            return None
+        try:
+            tup = self._get_module(fullname)
+        except ModuleNotServed:
+            return None
+        import importlib.util
+        is_pkg = tup[1] is not None
+        spec = importlib.util.spec_from_loader(fullname, self,
+                                               origin=tup[2],
+                                               is_package=is_pkg)
+        if tup[2]:
+            spec.has_location = False
+        return spec
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        fullname = module.__name__
+        tup = self._get_module(fullname)
+        self._prepare(module, tup)
+        code = self._compile(tup)
+        exec(code, module.__dict__)
+
+    def load_module(self, fullname):
+        """Python 2 loader protocol."""
+        if self._router.broker.on_thread():
+            raise ImportError('cannot import %r on the broker thread'
+                              % (fullname,))
+        tup = self._get_module(fullname)
+        module = sys.modules.get(fullname)
+        created = module is None
+        if created:
+            module = types.ModuleType(fullname)
+            sys.modules[fullname] = module
+        module.__loader__ = self
+        self._prepare(module, tup)
+        try:
+            exec(self._compile(tup), module.__dict__)
+        except BaseException:
+            if created:
+                sys.modules.pop(fullname, None)
+            raise
+        return sys.modules.get(fullname, module)
+
+    def _prepare(self, module, tup):
+        fullname, pkg_present, path, _, _ = tup
+        module.__file__ = self._filename(tup)
+        if pkg_present is not None:
+            module.__path__ = []
+            module.__package__ = fullname
+            self._present[fullname] = pkg_present
+        else:
+            module.__package__ = fullname.rpartition('.')[0]
+
+    def _filename(self, tup):
+        return 'master:%s' % (tup[2] or tup[0],)
+
+    def _compile(self, tup):
+        fullname, pkg_present, path, compressed, _ = tup
+        source = zlib.decompress(compressed) if compressed else b''
+        return compile(source, self._filename(tup), 'exec', 0, True)
+
+    def get_source(self, fullname):
+        """Return the source text of `fullname`, for tracebacks."""
+        tup = self._cache.get(fullname)
+        if tup is None or not tup[3]:
+            return None
+        return to_text(zlib.decompress(tup[3]))
+
+    def get_filename(self, fullname):
+        tup = self._cache.get(fullname)
+        return self._filename(tup) if tup else None
+
+    def is_package(self, fullname):
+        tup = self._cache.get(fullname)
+        return tup is not None and tup[1] is not None
+
+    def get_resource_reader(self, fullname):
+        """Resource reader for :mod:`importlib.resources` on Python 3.7+:
+        files are fetched from the parent on demand."""
+        if not self.is_package(fullname):
+            return None
+        return ResourceReader(self, fullname)
+
+    def _on_load_module(self, msg):
+        if msg.is_dead:
+            return
+        tup = msg.unpickle()
+        fullname = to_text(tup[0])
+        tup = (fullname,) + tuple(tup[1:])
+        with self._lock:
+            if tup[3] is None:
+                self._absent[fullname] = to_text(tup[4] or
+                                                 'not found on the parent')
+            else:
+                self._cache[fullname] = tup
+                if tup[1] is not None:
+                    self._present[fullname] = [to_text(n) for n in tup[1]]
+            callbacks = self._callbacks.pop(fullname, [])
+        for latch in callbacks:
+            latch.put(None)
+
+    def _get_module(self, fullname):
+        with self._lock:
+            tup = self._cache.get(fullname)
+            if tup is not None:
+                return tup
+            reason = self._absent.get(fullname)
+            if reason is not None:
+                raise ModuleNotServed(reason)
+            latch = Latch()
+            waiting = fullname in self._callbacks
+            self._callbacks.setdefault(fullname, []).append(latch)
+        if not waiting:
+            self.requests.append(fullname)
+            self._context.send(Message(data=fullname.encode('utf-8'),
+                                       handle=GET_MODULE))
+        latch.get()
+        with self._lock:
+            tup = self._cache.get(fullname)
+            if tup is not None:
+                return tup
+            raise ModuleNotServed(self._absent.get(fullname,
+                                                   'not served'))
+
+    def _on_disconnect(self):
+        with self._lock:
+            callbacks = list(self._callbacks.items())
+            self._callbacks.clear()
+            for fullname, _ in callbacks:
+                self._absent.setdefault(
+                    fullname, 'the parent context disconnected')
+        for _, latches in callbacks:
+            for latch in latches:
+                latch.put(None)
+
+    def import_error(self, fullname):
+        """Return the :class:`ImportError` explaining why `fullname` was not
+        served, or None."""
+        reason = self._absent.get(fullname)
+        if reason:
+            return ModuleNotServed('%s: %s' % (fullname, reason))
+        return None
+
+
+class ResourceReader(object):
+    """Reads data files of a package served by the parent, fetching each
+    with a :data:`GET_RESOURCE` request."""
+
+    def __init__(self, importer, package):
+        self._importer = importer
+        self._package = package
+
+    def _request(self, kind, name):
+        ctx = self._importer._context
+        recv = Receiver(ctx.router, persist=False, respondent=ctx)
+        ctx.send(Message.pickled((kind, self._package, name),
+                                 handle=GET_RESOURCE,
+                                 reply_to=recv.handle))
+        return recv.get().unpickle()
+
+    def open_resource(self, resource):
+        data = self._request('read', resource)
+        if data is None:
+            raise _file_not_found(resource)
+        import io
+        return io.BytesIO(data)
+
+    def resource_path(self, resource):
+        raise _file_not_found(resource)
+
+    def is_resource(self, name):
+        for entry, is_dir in self._request('list', '') or ():
+            if to_text(entry) == name:
+                return not is_dir
+        return False
+
+    def contents(self):
+        return [to_text(n) for n, _ in self._request('list', '') or ()]
+
+    def files(self):
+        return RemoteTraversable(self, '')
+
+
+def _file_not_found(name):
+    if PY3:
+        return FileNotFoundError(name)  # noqa: F821
+    return IOError(errno.ENOENT, 'No such file', name)
+
+
+class RemoteTraversable(object):
+    """A read-only :class:`importlib.abc.Traversable` over a package
+    directory on the parent."""
+
+    def __init__(self, reader, path):
+        self._reader = reader
+        self._path = path
+
+    @property
+    def name(self):
+        return self._path.rpartition('/')[2]
+
+    def __repr__(self):
+        return 'RemoteTraversable(%r, %r)' % (self._reader._package,
+                                              self._path)
+
+    def _entries(self):
+        return self._reader._request('list', self._path) or ()
+
+    def iterdir(self):
+        for name, _ in self._entries():
+            name = to_text(name)
+            yield RemoteTraversable(
+                self._reader, (self._path + '/' + name).lstrip('/'))
+
+    def is_dir(self):
+        if not self._path:
+            return True
+        parent, _, name = self._path.rpartition('/')
+        for entry, is_dir in self._reader._request('list', parent) or ():
+            if to_text(entry) == name:
+                return bool(is_dir)
+        return False
+
+    def is_file(self):
+        if not self._path:
+            return False
+        parent, _, name = self._path.rpartition('/')
+        for entry, is_dir in self._reader._request('list', parent) or ():
+            if to_text(entry) == name:
+                return not is_dir
+        return False
+
+    def joinpath(self, *parts):
+        path = self._path
+        for part in parts:
+            for piece in to_text(part).split('/'):
+                if piece:
+                    path = (path + '/' + piece).lstrip('/')
+        return RemoteTraversable(self._reader, path)
+
+    __truediv__ = joinpath
+
+    def read_bytes(self):
+        data = self._reader._request('read', self._path)
+        if data is None:
+            raise _file_not_found(self._path)
+        return data
+
+    def read_text(self, encoding=None, errors=None):
+        return self.read_bytes().decode(encoding or 'utf-8',
+                                        errors or 'strict')
+
+    def open(self, mode='r', *args, **kwargs):
+        import io
+        if 'b' in mode:
+            return io.BytesIO(self.read_bytes())
+        return io.TextIOWrapper(io.BytesIO(self.read_bytes()),
+                                *args, **kwargs)
+
+
+# ---------------------------------------------------------------------------
+# 9. Log and stdio forwarding
+# ---------------------------------------------------------------------------
+
+class LogHandler(logging.Handler):
+    """Sends log records to the master as :data:`FORWARD_LOG` messages.
+    Records emitted while sending are dropped instead of recursing."""
+
+    def __init__(self, context):
+        logging.Handler.__init__(self)
+        self.context = context
+        self.local = threading.local()
+
+    def emit(self, rec):
+        if getattr(self.local, 'in_emit', False):
+            return
+        if rec.name == 'mitogen.io':
+            return
+        self.local.in_emit = True
+        try:
+            msg = self.format(rec)
+            encoded = u'%s\x00%d\x00%s' % (to_text(rec.name), rec.levelno,
+                                           to_text(msg))
+            self.context.send(Message(data=encoded.encode('utf-8'),
+                                      handle=FORWARD_LOG))
+        except Exception:
+            pass
+        finally:
+            self.local.in_emit = False
+
+
+class IoLoggerProtocol(DelimitedProtocol):
+    """Turns lines written to a file descriptor (the child's stdout or
+    stderr) into log records on logger `name`."""
+
+    def __init__(self, name, level=logging.INFO):
+        self._log = logging.getLogger(name)
+        self._level = level
+
+    def on_line(self, line):
+        self._log.log(self._level, '%s', to_text(line.rstrip(b'\r')))
+
+    def on_shutdown(self, broker):
+        pass
+
+
+# ---------------------------------------------------------------------------
+# 10. Dispatcher and ExternalContext
+# ---------------------------------------------------------------------------
+
+class Dispatcher(object):
+    """Runs :data:`CALL_FUNCTION` requests on the main thread of a child.
+
+    A request is ``(chain_id, module, class, function, args, kwargs)``. When
+    a call in a pipelined chain fails, later calls of the same chain are
+    answered with the same error without running, until the chain is
+    forgotten with :meth:`forget_chain`.
+    """
+    _error_by_chain_id = {}
+
+    def __init__(self, econtext):
+        self.econtext = econtext
+        self.recv = Receiver(router=econtext.router, handle=CALL_FUNCTION,
+                             policy=has_parent_authority)
+        listen(econtext.broker, 'shutdown', self.recv.close)
+
+    @classmethod
+    @takes_econtext
+    def forget_chain(cls, chain_id, econtext):
+        """Forget the error recorded for pipelined chain `chain_id`."""
+        cls._error_by_chain_id.pop(chain_id, None)
+
+    def _parse_request(self, msg):
+        data = msg.unpickle(throw=False)
+        chain_id, modname, klass, func, args, kwargs = data
+        modname, func = to_text(modname), to_text(func)
+        if not PY3:
+            modname, func = str(modname), str(func)
+        module = self._import(modname)
+        obj = module
+        if klass:
+            obj = getattr(module, str(klass) if not PY3 else to_text(klass))
+        fn = getattr(obj, func)
+        kwargs = Kwargs(dict(kwargs or {}))
+        if getattr(fn, 'mitogen_takes_econtext', None):
+            kwargs['econtext'] = self.econtext
+        if getattr(fn, 'mitogen_takes_router', None):
+            kwargs['router'] = self.econtext.router
+        return chain_id, fn, args, kwargs
+
+    def _import(self, modname):
+        if modname == '__main__':
+            return self.econtext.importer_main()
+        try:
+            __import__(modname)
+        except ImportError:
+            err = self.econtext.importer.import_error(modname)
+            if err is not None:
+                raise err
+            raise
+        return sys.modules[modname]
+
+    def _dispatch_one(self, msg):
+        chain_id = None
+        try:
+            chain_id, fn, args, kwargs = self._parse_request(msg)
+        except Exception:
+            return chain_id, CallError(sys.exc_info()[1])
+        if chain_id in self._error_by_chain_id:
+            return chain_id, self._error_by_chain_id[chain_id]
+        try:
+            return chain_id, fn(*args, **kwargs)
+        except Exception:
+            e = CallError(sys.exc_info()[1])
+            if chain_id is not None:
+                self._error_by_chain_id[chain_id] = e
+            return chain_id, e
+
+    def _dispatch_calls(self):
+        for msg in self.recv:
+            chain_id, ret = self._dispatch_one(msg)
+            if msg.reply_to:
+                try:
+                    reply = Message.pickled(ret)
+                except StreamError:
+                    reply = Message.pickled(CallError(sys.exc_info()[1]))
+                msg.reply(reply)
+            elif isinstance(ret, CallError) and chain_id is None:
+                LOG.error('call_no_reply() failed: %s', ret)
+            msg = None
+            ret = None
+
+    def run(self):
+        """Serve calls until the channel is closed."""
+        self._dispatch_calls()
+
+
+class ExternalContext(object):
+    """The main program of a child context: sets up the broker, the router
+    and the stream to the parent, the importer, log and stdio forwarding,
+    then serves function calls on the main thread until shut down.
+
+    :param dict config: values sent by the parent at boot.
+    """
+    detached = False
+
+    def __init__(self, config):
+        self.config = config
+
+    def _setup_package(self):
+        pkg = sys.modules.get('mitogen')
+        if pkg is None:
+            pkg = types.ModuleType('mitogen')
+            pkg.__path__ = []
+            pkg.__package__ = 'mitogen'
+            sys.modules['mitogen'] = pkg
+        pkg.is_master = False
+        pkg.context_id = self.config['context_id']
+        pkg.parent_ids = list(self.config['parent_ids'])
+        pkg.parent_id = pkg.parent_ids[0]
+        pkg.core = sys.modules[__name__]
+        pkg.__version__ = tuple(int(x) for x in __version__.split('.'))
+
+    def _setup_master(self):
+        Router.max_message_size = self.config['max_message_size']
+        self.broker = Broker()
+        self.router = Router(self.broker)
+        self.router._my_name = self.config.get('name')
+        for key in self.config.get('registered_types', ()):
+            self.router._registered_types[tuple(key)] = 'lazy'
+        parent_id = self.config['parent_ids'][0]
+        self.parent = self.router.context_class(self.router, parent_id,
+                                                'parent')
+        self.master = self.router.context_class(self.router, 0, 'master')
+        in_fd = self.config['in_fd']
+        out_fd = self.config['out_fd']
+        stream = Stream(MitogenProtocol(self.router, parent_id),
+                        name='parent')
+        stream.protocol.is_privileged = True
+        stream.accept(in_fd, out_fd)
+        self.stream = stream
+        self.router.parent_stream = stream
+        self.router.register(self.parent, stream)
+        self.router._context_by_id[0] = self.master
+        listen(stream, 'disconnect', self._on_parent_disconnect)
+        listen(self.broker, 'exit', self._on_broker_exit)
+
+    def _on_parent_disconnect(self):
+        self.importer._on_disconnect()
+        self.broker.shutdown()
+
+    def _on_shutdown_msg(self, msg):
+        if not msg.is_dead:
+            LOG.debug('%r: SHUTDOWN received', self)
+            self.broker.shutdown()
+
+    def _on_broker_exit(self):
+        fire(self.broker, 'shutdown')
+        if not self.config.get('profiling'):
+            # The last resort of shutdown: if the main thread is stuck in
+            # user code, it cannot end the process, so the broker does.
+            t = threading.Thread(target=self._reaper, name='mitogen.reaper')
+            t.daemon = True
+            t.start()
+
+    def _reaper(self):
+        deadline = now() + self.config.get('exit_grace', 2.0)
+        while now() < deadline:
+            if self._main_done.is_set() if hasattr(self._main_done,
+                                                   'is_set') \
+                    else self._main_done.isSet():
+                return
+            time.sleep(0.02)
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1.0)
+        finally:
+            os._exit(1)
+
+    def _setup_importer(self):
+        self.importer = Importer(self.router, self.parent,
+                                 self.core_src,
+                                 whitelist=self.config.get('whitelist', ()),
+                                 blacklist=self.config.get('blacklist', ()),
+                                 pkg_present=self.config.get('pkg_present'))
+        sys.meta_path.append(self.importer)
+        self._main_module = None
+
+    def importer_main(self):
+        """Return the parent's ``__main__`` module, loading it on first use
+        (it is served with its main guard removed)."""
+        if self._main_module is None:
+            tup = self.importer._get_module('__main__')
+            mod = types.ModuleType('__mitogen_main__')
+            mod.__loader__ = self.importer
+            self.importer._prepare(mod, tup)
+            mod.__name__ = '__main__'
+            old_main = sys.modules.get('__main__')
+            sys.modules['__main__'] = mod
+            try:
+                exec(self.importer._compile(tup), mod.__dict__)
+            except BaseException:
+                if old_main is not None:
+                    sys.modules['__main__'] = old_main
+                raise
+            self._main_module = mod
+        return self._main_module
+
+    def _setup_logging(self):
+        root = logging.getLogger()
+        root.setLevel(self.config.get('log_level', logging.INFO))
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        self.log_handler = LogHandler(self.master)
+        self.log_handler.setFormatter(logging.Formatter('%(message)s'))
+        root.addHandler(self.log_handler)
+        if self.config.get('debug'):
+            root.setLevel(logging.DEBUG)
+
+    def _setup_stdio(self):
+        # fd 0 reads /dev/null; fds 1 and 2 feed pipes whose lines become log
+        # records, so print() and stray writes reach the master's logging.
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, 0)
+        os.close(null)
+        for fd, name in ((1, 'stdout'), (2, 'stderr')):
+            rfd, wfd = os.pipe()
+            os.dup2(wfd, fd)
+            os.close(wfd)
+            stream = Stream(IoLoggerProtocol(name), name=name)
+            stream.accept(rfd, rfd)
+            stream.receive_side.keep_alive = False
+            self.broker.start_receive(stream)
+        if PY3:
+            import io
+            sys.stdout = io.TextIOWrapper(
+                io.FileIO(1, 'w', closefd=False), encoding='utf-8',
+                errors='backslashreplace', line_buffering=True)
+            sys.stderr = io.TextIOWrapper(
+                io.FileIO(2, 'w', closefd=False), encoding='utf-8',
+                errors='backslashreplace', line_buffering=True)
+        else:
+            sys.stdout = os.fdopen(1, 'w', 1)
+            sys.stderr = os.fdopen(2, 'w', 0)
+        sys.stdin = open(os.devnull)
+
+    def main(self):
+        """Run the child until shutdown."""
+        self._main_done = threading.Event()
+        self._setup_package()
+        self._setup_master()
+        self._setup_importer()
+        self.router.add_handler(self._on_shutdown_msg, SHUTDOWN,
+                                policy=has_parent_authority)
+        self.dispatcher = Dispatcher(self)
+        # Only now, with every handler in place, may the parent send.
+        os.write(self.config['out_fd'], self.ready_line)
+        self._setup_logging()
+        self._setup_stdio()
+        LOG.debug('%r: started, parent %r', self, self.parent)
+        try:
+            self.dispatcher.run()
+        finally:
+            self.broker.shutdown()
+            self.broker.join()
+            self._main_done.set()
+
+    def __repr__(self):
+        return 'ExternalContext(%s)' % (self.config.get('context_id'),)
+
+
+def _bootstrap_main(config_bytes, core_src):
+    """Entry point called by the first stage with the parent's config and
+    the core source; never returns."""
+    config = deserialize(ord(config_bytes[0:1]), config_bytes[1:])
+    config = dict((to_text(k), v) for k, v in config.items())
+    in_fd = os.dup(0)
+    out_fd = os.dup(1)
+    config['in_fd'] = in_fd
+    config['out_fd'] = out_fd
+    econtext = ExternalContext(config)
+    econtext.core_src = core_src
+    line = 'MITO001 %d %s %d.%d.%d\n' % (
+        (PROTOCOL_VERSION, __version__) + tuple(sys.version_info[:3]))
+    econtext.ready_line = line.encode('ascii')
+    econtext.main()
+    os._exit(0)

@@ -1,0 +1,321 @@
+"""
+Core benchmarks, written against the public Mitogen 0.3 API only, so that the
+same file runs under this project and under Mitogen 0.3.54 (see bench/run).
+
+Each benchmark prints one JSON line: {"bench": NAME, <metric>: <value>, ...}.
+Metric names end in their unit: ``_ms``/``_us`` (lower is better),
+``_per_s``/``_mb_s`` (higher is better); other keys are context.  A benchmark
+that fails prints {"bench": NAME, "error": "..."} and the others still run.
+MB is 10**6 bytes.
+
+Every benchmark uses its own Router; children run ``sys.executable`` (the
+virtual environment's interpreter, never a pyenv shim).
+
+    python bench/bench_core.py [--quick] [--bench NAME ...]
+"""
+import argparse
+import importlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+import mitogen.master
+
+MiB = 1 << 20
+
+
+# --- functions the children run ----------------------------------------
+
+def noop():
+    return None
+
+
+def blob_len(data):
+    return len(data)
+
+
+_blob = None
+
+
+def make_blob(size):
+    global _blob
+    _blob = os.urandom(size)
+    return len(_blob)
+
+
+def get_blob():
+    return _blob
+
+
+def import_package(package, leaves):
+    for leaf in leaves:
+        importlib.import_module(package + '.' + leaf)
+    return sum(1 for name in sys.modules
+               if name == package or name.startswith(package + '.'))
+
+
+# --- helpers -------------------------------------------------------------
+
+def emit(bench, **metrics):
+    line = dict(bench=bench)
+    for key, value in metrics.items():
+        line[key] = float('%.4g' % value) if isinstance(value, float) else value
+    sys.stdout.write(json.dumps(line) + '\n')
+    sys.stdout.flush()
+
+
+def new_child(router):
+    return router.local(python_path=sys.executable)
+
+
+def timed(func, *args):
+    t0 = time.perf_counter()
+    result = func(*args)
+    return time.perf_counter() - t0, result
+
+
+def median(values):
+    return statistics.median(values)
+
+
+# --- benchmarks ----------------------------------------------------------
+
+def bench_bootstrap(opts):
+    """New local child + first call; the first child of this master (which
+    pays the master's one-time costs) separately."""
+    n = 3 if opts.quick else 10
+
+    def start_and_call(router):
+        ctx = new_child(router)
+        ctx.call(os.getpid)
+        return ctx
+
+    samples = []
+    with mitogen.master.Router() as router:
+        for _ in range(n + 1):
+            elapsed, ctx = timed(start_and_call, router)
+            samples.append(elapsed)
+            ctx.shutdown(wait=True)
+    emit('bootstrap', first_child_ms=samples[0] * 1e3,
+         median_ms=median(samples[1:]) * 1e3, n=n)
+
+
+def bench_roundtrip(opts):
+    """Median round trip of ctx.call(noop), pooled over several children:
+    on two shared cores a pair settles in one of two latency modes."""
+    children, calls, warm = (2, 200, 20) if opts.quick else (8, 500, 50)
+    samples = []
+    per_child = []
+    with mitogen.master.Router() as router:
+        for _ in range(children):
+            ctx = new_child(router)
+            for _ in range(warm):
+                ctx.call(noop)
+            mine = []
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                ctx.call(noop)
+                mine.append(time.perf_counter() - t0)
+            samples.extend(mine)
+            per_child.append(round(median(mine) * 1e6, 1))
+            ctx.shutdown(wait=True)
+    emit('roundtrip', median_us=median(samples) * 1e6,
+         per_child_median_us=per_child, n=len(samples))
+
+
+def bench_pipelined(opts):
+    """Calls per second with many calls in flight: call_async N times, then
+    collect every result."""
+    n, reps = (1000, 2) if opts.quick else (5000, 5)
+    rates = []
+    with mitogen.master.Router() as router:
+        ctx = new_child(router)
+        ctx.call(noop)
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            receivers = [ctx.call_async(noop) for _ in range(n)]
+            for receiver in receivers:
+                receiver.get().unpickle()
+            rates.append(n / (time.perf_counter() - t0))
+        ctx.shutdown(wait=True)
+    emit('pipelined', calls_per_s=median(rates), n=n, reps=reps)
+
+
+def bench_bulk(opts, size_mib):
+    """Random bytes master->child as an argument, child->master as a return
+    value; the child makes its bytes before the timed call."""
+    size = size_mib * MiB
+    reps = 2 if opts.quick else 5
+    data = os.urandom(size)
+    up, down = [], []
+    with mitogen.master.Router() as router:
+        ctx = new_child(router)
+        ctx.call(noop)
+        for _ in range(reps):
+            elapsed, n = timed(ctx.call, blob_len, data)
+            assert n == size, n
+            up.append(size / elapsed / 1e6)
+        ctx.call(make_blob, size)
+        for _ in range(reps):
+            elapsed, blob = timed(ctx.call, get_blob)
+            assert len(blob) == size, len(blob)
+            down.append(size / elapsed / 1e6)
+            del blob
+        ctx.shutdown(wait=True)
+    emit('bulk_%dMiB' % size_mib, to_child_mb_s=median(up),
+         to_master_mb_s=median(down), reps=reps)
+
+
+# A package of 40 modules (30 in the package, 8 in a subpackage, and the two
+# __init__ files) that import each other, so that importing the last module
+# pulls in all of them.
+PACKAGE_MODULES = 30
+SUBPACKAGE_MODULES = 8
+
+MODULE_BODY = '''
+"""Generated module %(name)s: some classes and functions to compile."""
+import collections
+import functools
+
+CONSTANTS = dict((k, k * %(index)d) for k in range(50))
+Point = collections.namedtuple('Point', 'x y z')
+
+
+class Shape%(index)d(object):
+    """A class with a few methods."""
+
+    def __init__(self, *points):
+        self.points = [Point(*p) for p in points]
+
+    def area(self):
+        total = 0
+        for a, b in zip(self.points, self.points[1:] + self.points[:1]):
+            total += a.x * b.y - b.x * a.y
+        return abs(total) / 2.0
+
+    def scaled(self, factor):
+        return Shape%(index)d(*[(p.x * factor, p.y * factor, p.z * factor)
+                                for p in self.points])
+
+    def __repr__(self):
+        return 'Shape%(index)d(%%r)' %% (self.points,)
+
+
+@functools.lru_cache(maxsize=None)
+def fib%(index)d(n):
+    if n < 2:
+        return n
+    return fib%(index)d(n - 1) + fib%(index)d(n - 2)
+
+
+def describe(value):
+    if isinstance(value, dict):
+        return dict((k, describe(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return [describe(v) for v in value]
+    return '%%s:%%r' %% (type(value).__name__, value)
+'''
+
+
+def write_package(root, package):
+    def write(relpath, text):
+        path = os.path.join(root, package, relpath)
+        if not os.path.isdir(os.path.dirname(path)):
+            os.makedirs(os.path.dirname(path))
+        with open(path, 'w') as f:
+            f.write(text)
+
+    write('__init__.py', '"""Benchmark package served by the master."""\n')
+    write('sub/__init__.py', 'from . import s00\n')
+    for i in range(SUBPACKAGE_MODULES):
+        deps = ['from . import s%02d' % (i - 1)] if i else []
+        if i >= 2:
+            deps.append('from %s.sub import s%02d' % (package, i // 2))
+        write('sub/s%02d.py' % i, '\n'.join(deps) + MODULE_BODY % dict(
+            name='sub.s%02d' % i, index=100 + i))
+    for i in range(PACKAGE_MODULES):
+        deps = []
+        if i:
+            deps.append('from . import m%02d' % (i - 1))
+        if i >= 3:
+            deps.append('import %s.m%02d' % (package, i // 3))
+        if i % 5 == 4:
+            deps.append('from .sub import s%02d' % (i % SUBPACKAGE_MODULES))
+        write('m%02d.py' % i, '\n'.join(deps) + MODULE_BODY % dict(
+            name='m%02d' % i, index=i))
+    leaves = ['m%02d' % (PACKAGE_MODULES - 1),
+              'sub.s%02d' % (SUBPACKAGE_MODULES - 1)]
+    return leaves, 2 + PACKAGE_MODULES + SUBPACKAGE_MODULES
+
+
+def bench_import(opts):
+    """Import a 40-module package that exists only on the master into a
+    fresh child (already bootstrapped).  The first child also pays the
+    master's cost of finding and reading the modules; later ones are
+    served from what the master has learned."""
+    n = 2 if opts.quick else 5
+    root = tempfile.mkdtemp(prefix='mitogen-bench-')
+    package = 'benchpkg%d' % os.getpid()
+    try:
+        leaves, count = write_package(root, package)
+        # Compiling and executing the same source locally: the floor.
+        probe = ('import sys, time; sys.path.insert(0, %r); t = time.perf_counter(); '
+                 'import importlib; [importlib.import_module(%r + "." + l) for l in %r]; '
+                 'print(time.perf_counter() - t)' % (root, package, leaves))
+        env = dict(os.environ, PYTHONDONTWRITEBYTECODE='1')
+        local = float(subprocess.check_output([sys.executable, '-c', probe], env=env))
+
+        sys.path.insert(0, root)
+        samples = []
+        with mitogen.master.Router() as router:
+            for _ in range(n + 1):
+                ctx = new_child(router)
+                ctx.call(noop)
+                elapsed, got = timed(ctx.call, import_package, package, leaves)
+                assert got == count, (got, count)
+                samples.append(elapsed)
+                ctx.shutdown(wait=True)
+    finally:
+        if root in sys.path:
+            sys.path.remove(root)
+        shutil.rmtree(root)
+    emit('import', first_ms=samples[0] * 1e3, median_ms=median(samples[1:]) * 1e3,
+         local_compile_ms=local * 1e3, modules=count, n=n)
+
+
+BENCHES = [
+    ('bootstrap', bench_bootstrap),
+    ('roundtrip', bench_roundtrip),
+    ('pipelined', bench_pipelined),
+    ('bulk_4MiB', lambda opts: bench_bulk(opts, 4)),
+    ('bulk_32MiB', lambda opts: bench_bulk(opts, 32)),
+    ('import', bench_import),
+]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--quick', action='store_true',
+                        help='fewer repetitions, for a smoke test')
+    parser.add_argument('--bench', action='append', metavar='NAME',
+                        choices=[name for name, _ in BENCHES],
+                        help='run only this benchmark (repeatable)')
+    opts = parser.parse_args()
+    for name, func in BENCHES:
+        if opts.bench and name not in opts.bench:
+            continue
+        try:
+            func(opts)
+        except Exception as e:
+            traceback.print_exc()
+            emit(name, error='%s: %s' % (type(e).__name__, e))
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,875 @@
+# Copyright the mitogen contributors. BSD-3-Clause.
+"""
+What every parent needs, in the master and in children that start children
+of their own: the bootstrap that turns a bare Python interpreter into a
+context, the :class:`Connection` base that connection methods build on,
+:class:`Context` with function calls, :class:`CallChain`, and a
+:class:`Router` that can start children.
+
+This module runs in children too, so it is written for Python 2.7 and 3.6+.
+"""
+
+import base64
+import errno
+import itertools
+import logging
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import types
+import zlib
+
+import mitogen
+import mitogen.core
+from mitogen.core import LOG, now, to_text
+
+#: Core protocol versions this parent can drive, inclusive.
+SUPPORTED_CORE_PROTOCOLS = (1, 1)
+
+#: Seconds a connection may take by default, from start to ready.
+DEFAULT_CONNECT_TIMEOUT = 30.0
+
+# Exit signals a child's broker sends itself, and a disconnected child's
+# process gets, in that order.
+_REAP_SIGNALS = (signal.SIGTERM, signal.SIGKILL)
+
+
+class EofError(mitogen.core.StreamError):
+    """The child closed its output before the connection was ready. The
+    message carries the last output received."""
+
+
+class CoreVersionError(mitogen.core.StreamError):
+    """The core a child runs speaks a protocol this parent does not
+    support."""
+
+
+def get_core_source():
+    """Return the source of the core shipped to children (bytes)."""
+    return _core_cache()[0]
+
+
+_core_lock = threading.Lock()
+_core_data = []
+
+
+def _core_cache():
+    with _core_lock:
+        if not _core_data:
+            importer = getattr(mitogen.core, '_mitogen_core_source', None)
+            if importer is not None:
+                src = importer
+            else:
+                path = mitogen.core.__file__
+                if path.endswith(('.pyc', '.pyo')):
+                    path = path[:-1]
+                with open(path, 'rb') as fp:
+                    src = fp.read()
+            _core_data.append(src)
+            _core_data.append(zlib.compress(src, 9))
+        return _core_data
+
+
+def _core_from_importer():
+    """In a child, the core source arrived with the bootstrap and is kept by
+    the importer; use the same bytes for grandchildren."""
+    importer = None
+    for finder in sys.meta_path:
+        if isinstance(finder, mitogen.core.Importer):
+            importer = finder
+    if importer is not None:
+        tup = importer._cache.get('mitogen.core')
+        if tup is not None:
+            return zlib.decompress(tup[3])
+    return None
+
+
+#: First stage of the bootstrap, run by ``python -c``: announce readiness,
+#: read the compressed core and the config from stdin, load the core as
+#: ``mitogen.core`` and hand over to it. It is kept tiny and valid on every
+#: supported Python.
+STAGE1 = r'''import os,sys,types,zlib
+def R(n):
+ b=b''
+ while len(b)<n:
+  c=os.read(0,n-len(b))
+  if not c:raise SystemExit('mitogen: end of file while reading the core')
+  b+=c
+ return b
+os.write(1,b'MITO000\n')
+s=zlib.decompress(R(int(R(10))))
+c=R(int(R(10)))
+p=types.ModuleType('mitogen');p.__path__=[];p.__package__='mitogen'
+sys.modules['mitogen']=p
+m=types.ModuleType('mitogen.core');m.__file__='master:mitogen/core.py'
+m.__package__='mitogen';sys.modules['mitogen.core']=m;p.core=m
+exec(compile(s,m.__file__,'exec'),m.__dict__)
+m._bootstrap_main(c,s)
+'''
+
+
+def stage1_command():
+    """Return the ``-c`` argument that runs :data:`STAGE1`, encoded so that
+    it survives any shell quoting."""
+    encoded = base64.b64encode(zlib.compress(STAGE1.encode('ascii'), 9))
+    return ("import base64,zlib;exec(zlib.decompress(base64.b64decode('%s')))"
+            % (encoded.decode('ascii'),))
+
+
+def _mitogen_pkg_present():
+    """Names of every module of the ``mitogen`` package on this side,
+    computed from the package directories."""
+    names = set()
+    for path in getattr(mitogen, '__path__', ()):
+        try:
+            entries = os.listdir(path)
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.endswith('.py') and entry != '__init__.py':
+                names.add('mitogen.' + entry[:-3])
+            elif os.path.isfile(os.path.join(path, entry, '__init__.py')):
+                names.add('mitogen.' + entry)
+    if not names:
+        importer = _find_importer()
+        if importer is not None:
+            names.update(importer._present.get('mitogen', ()))
+    return sorted(names)
+
+
+def _find_importer():
+    for finder in sys.meta_path:
+        if isinstance(finder, mitogen.core.Importer):
+            return finder
+    return None
+
+
+def _describe_function(fn):
+    """Return `(module, class_name, function_name)` naming `fn` so another
+    process can find it, or raise :class:`TypeError` explaining why it
+    cannot."""
+    if isinstance(fn, (types.BuiltinFunctionType, types.BuiltinMethodType)):
+        owner = getattr(fn, '__self__', None)
+        if owner is None or isinstance(owner, types.ModuleType):
+            return fn.__module__ or getattr(owner, '__name__', None), None, \
+                fn.__name__
+        if isinstance(owner, type):
+            return owner.__module__, owner.__name__, fn.__name__
+        raise TypeError('cannot call %r remotely: it is a method bound to an '
+                        'instance; call a module-level function or a '
+                        'classmethod instead' % (fn,))
+    if isinstance(fn, types.MethodType):
+        owner = fn.__self__
+        if isinstance(owner, type) or (
+                not mitogen.core.PY3 and isinstance(owner, types.ClassType)):
+            _check_reachable(owner, owner.__module__, owner.__name__)
+            return owner.__module__, owner.__name__, fn.__name__
+        if owner is None:
+            cls = fn.im_class
+            return cls.__module__, cls.__name__, fn.__name__
+        raise TypeError('cannot call %r remotely: bound methods of instances '
+                        'cannot be sent; use a module-level function or a '
+                        'classmethod' % (fn,))
+    if isinstance(fn, types.FunctionType):
+        if fn.__name__ == '<lambda>':
+            raise TypeError('cannot call %r remotely: lambdas have no name '
+                            'another process can import; define a '
+                            'module-level function' % (fn,))
+        qualname = getattr(fn, '__qualname__', fn.__name__)
+        if '<locals>' in qualname or fn.__closure__:
+            raise TypeError('cannot call %r remotely: closures and nested '
+                            'functions cannot be imported by another '
+                            'process; define it at module level' % (fn,))
+        parts = qualname.split('.')
+        klass = parts[0] if len(parts) == 2 else None
+        if len(parts) > 2:
+            raise TypeError('cannot call %r remotely: only module-level '
+                            'functions and methods of module-level classes '
+                            'can be called' % (fn,))
+        _check_reachable(fn, fn.__module__, qualname)
+        return fn.__module__, klass, fn.__name__
+    if isinstance(fn, type):
+        _check_reachable(fn, fn.__module__, fn.__name__)
+        return fn.__module__, None, fn.__name__
+    raise TypeError('cannot call %r remotely: only module-level functions, '
+                    'classmethods and classes can be called' % (fn,))
+
+
+def _check_reachable(obj, modname, qualname):
+    module = sys.modules.get(modname)
+    target = module
+    for part in qualname.split('.'):
+        target = getattr(target, part, None)
+    if module is None or target is None:
+        raise TypeError('cannot call %r remotely: it is not reachable as '
+                        '%s.%s' % (obj, modname, qualname))
+
+
+class CallChain(object):
+    """Calls into one context, optionally pipelined.
+
+    Without pipelining each :meth:`call` waits for its result. With
+    ``pipelined=True``, :meth:`call_no_reply` and :meth:`call_async` calls
+    share a chain ID: if one of them fails, every later call in the chain
+    fails with the same :class:`mitogen.core.CallError` without running,
+    and the error is reported by the next :meth:`call` or :meth:`call_async`
+    result. :meth:`reset` starts a new chain.
+
+    :param Context context: the context to call into.
+    :param bool pipelined: share one chain ID between calls.
+    """
+    _chain_ids = itertools.count(1)
+
+    def __init__(self, context, pipelined=False):
+        self.context = context
+        self.chain_id = self.make_chain_id() if pipelined else None
+
+    @classmethod
+    def make_chain_id(cls):
+        """Return a chain ID unique across processes and threads."""
+        return '%s-%s-%x-%x' % (
+            socket.gethostname(), os.getpid(),
+            threading.current_thread().ident or 0, next(cls._chain_ids),
+        )
+
+    def __repr__(self):
+        return '%s(%r)' % (type(self).__name__, self.context)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, _1, _2, _3):
+        self.reset()
+
+    def reset(self):
+        """Forget the error state of the chain in the remote context and
+        start a new chain."""
+        if not self.chain_id:
+            return
+        saved, self.chain_id = self.chain_id, None
+        try:
+            self.call_no_reply(mitogen.core.Dispatcher.forget_chain, saved)
+        finally:
+            self.chain_id = self.make_chain_id()
+
+    def make_msg(self, fn, *args, **kwargs):
+        """Return the :data:`mitogen.core.CALL_FUNCTION` message for
+        `fn(*args, **kwargs)`."""
+        modname, klass, name = _describe_function(fn)
+        return mitogen.core.Message.pickled(
+            (self.chain_id, modname, klass, name, args,
+             mitogen.core.Kwargs(kwargs)),
+            handle=mitogen.core.CALL_FUNCTION,
+        )
+
+    def call_no_reply(self, fn, *args, **kwargs):
+        """Call `fn` without waiting for, or receiving, a result."""
+        msg = self.make_msg(fn, *args, **kwargs)
+        self.context.send(msg)
+
+    def call_async(self, fn, *args, **kwargs):
+        """Start a call; return a :class:`mitogen.core.Receiver` whose
+        :meth:`~mitogen.core.Receiver.get` returns a message whose
+        :meth:`~mitogen.core.Message.unpickle` gives the result or raises
+        :class:`mitogen.core.CallError`."""
+        msg = self.make_msg(fn, *args, **kwargs)
+        return self.context.send_async(msg)
+
+    def call(self, fn, *args, **kwargs):
+        """Call `fn(*args, **kwargs)` in the context and return its result.
+
+        :raises mitogen.core.CallError: the function raised.
+        :raises mitogen.core.ChannelError: the context disconnected."""
+        recv = self.call_async(fn, *args, **kwargs)
+        return recv.get().unpickle()
+
+
+class Context(mitogen.core.Context):
+    """A context this process can call functions in."""
+
+    #: The context this one was started through, or None.
+    via = None
+
+    def __init__(self, *args, **kwargs):
+        super(Context, self).__init__(*args, **kwargs)
+        self.default_call_chain = CallChain(self)
+
+    def __eq__(self, other):
+        return (isinstance(other, mitogen.core.Context) and
+                other.context_id == self.context_id and
+                other.router is self.router)
+
+    def __hash__(self):
+        return hash((self.router, self.context_id))
+
+    def call_async(self, fn, *args, **kwargs):
+        """See :meth:`CallChain.call_async`."""
+        return self.default_call_chain.call_async(fn, *args, **kwargs)
+
+    def call(self, fn, *args, **kwargs):
+        """See :meth:`CallChain.call`."""
+        return self.default_call_chain.call(fn, *args, **kwargs)
+
+    def call_no_reply(self, fn, *args, **kwargs):
+        """See :meth:`CallChain.call_no_reply`."""
+        self.default_call_chain.call_no_reply(fn, *args, **kwargs)
+
+    def shutdown(self, wait=False):
+        """Ask the context to shut down gracefully.
+
+        :param bool wait: when true, return after the context disconnected
+            and, for a child of this process, its process has exited.
+        :returns: None when `wait` is true, else a
+            :class:`mitogen.core.Latch` that receives None on disconnect.
+        """
+        LOG.debug('%r.shutdown() sending SHUTDOWN', self)
+        latch = mitogen.core.Latch()
+        mitogen.core.listen(self, 'disconnect', lambda: latch.put(None))
+        if self.router._respondent_gone(self):
+            latch.put(None)
+        else:
+            self.send(mitogen.core.Message(handle=mitogen.core.SHUTDOWN))
+        if not wait:
+            return latch
+        latch.get()
+        self.router._wait_reaped(self)
+
+
+class Options(object):
+    """Options common to every connection method.
+
+    :param str name: context name; made from the method otherwise.
+    :param python_path: interpreter command, a string or an argv list.
+    :param float connect_timeout: seconds to wait for the child to become
+        ready.
+    :param str remote_name: name the child uses for itself in its logs.
+    :param bool debug: verbose logging in the child.
+    """
+    name = None
+    python_path = None
+    connect_timeout = DEFAULT_CONNECT_TIMEOUT
+
+    def __init__(self, max_message_size, name=None, remote_name=None,
+                 python_path=None, debug=False, connect_timeout=None,
+                 profiling=False, unidirectional=False, old_router=None):
+        self.name = name
+        self.max_message_size = max_message_size
+        if python_path:
+            if isinstance(python_path, (list, tuple)):
+                python_path = list(python_path)
+            else:
+                python_path = [python_path]
+            self.python_path = python_path
+        self.remote_name = remote_name
+        self.debug = debug
+        if connect_timeout is not None:
+            self.connect_timeout = float(connect_timeout)
+        self.profiling = profiling
+        self.unidirectional = unidirectional
+        self.old_router = old_router
+
+
+class Connection(object):
+    """Base of every connection method: starts a process that runs a Python
+    interpreter, bootstraps the core into it and returns the stream.
+
+    A method implements :meth:`get_boot_command` (the argv to run) and, if
+    it needs one, :meth:`start_child` (how to spawn it) and
+    :meth:`on_output` (prompt handling, e.g. passwords). Everything else —
+    the handshake, the deadline, the error text carrying the child's last
+    output — is shared.
+
+    Contract of the handshake: the child writes ``MITO000\\n`` when its
+    first stage runs, reads the compressed core and its config from stdin,
+    and writes ``MITO001 <protocol> <core version> <python version>\\n``
+    when the core is running; from then on stdin/stdout carry messages.
+    """
+    options_class = Options
+    #: Prefix of generated context names, e.g. ``local``.
+    name_prefix = u'local'
+    #: Set by :meth:`connect`: the child's process ID.
+    pid = None
+    #: Reported by the child: its Python version.
+    remote_python_version = None
+
+    def __init__(self, options, router):
+        self.options = options
+        self._router = router
+        self.proc = None
+        self._output = []
+
+    def __repr__(self):
+        return '%s(pid=%s)' % (type(self).__name__, self.pid)
+
+    def get_python_argv(self):
+        """Interpreter argv, without the ``-c`` program."""
+        return list(self.options.python_path or [sys.executable])
+
+    def get_boot_command(self):
+        """Return the argv list that starts the child's first stage."""
+        return self.get_python_argv() + ['-c', stage1_command()]
+
+    def start_child(self, argv):
+        """Spawn `argv`; return `(proc, fd)` where `fd` is this side of a
+        bidirectional socket connected to the child's stdin and stdout, and
+        set :attr:`stderr_fd` to a pipe reading its stderr."""
+        parent_sock, child_sock = socket.socketpair()
+        err_r, err_w = os.pipe()
+        try:
+            kwargs = dict(stdin=child_sock.fileno(),
+                          stdout=child_sock.fileno(), stderr=err_w,
+                          close_fds=True)
+            if mitogen.core.PY3:
+                kwargs['start_new_session'] = True
+            else:
+                kwargs['preexec_fn'] = os.setsid
+            try:
+                proc = subprocess.Popen(argv, **kwargs)
+            except (OSError, IOError) as e:
+                parent_sock.close()
+                os.close(err_r)
+                raise mitogen.core.StreamError(
+                    'could not start %s: %s' % (argv[0], e))
+        finally:
+            child_sock.close()
+            os.close(err_w)
+        fd = os.dup(parent_sock.fileno())
+        parent_sock.close()
+        self.stderr_fd = err_r
+        return proc, fd
+
+    def on_output(self, data):
+        """Inspect output received before the child is ready; may answer
+        prompts. The default does nothing."""
+
+    def _fail_text(self):
+        data = b''.join(self._output)[-2000:]
+        text = to_text(data).strip()
+        lines = text.splitlines()[-10:]
+        if not lines:
+            return 'the child wrote nothing'
+        return 'last output of the child:\n    ' + '\n    '.join(lines)
+
+    def _describe(self):
+        return '%s (%s)' % (self.options.name or self.name_prefix,
+                            ' '.join(self.get_python_argv()))
+
+    def _read_until(self, fd, marker, deadline, data=b''):
+        """Read `fd` and the stderr pipe until `marker` appears on `fd`;
+        return the bytes after the marker line."""
+        fds = [fd]
+        if self.stderr_fd is not None:
+            fds.append(self.stderr_fd)
+        while True:
+            idx = data.find(marker)
+            if idx >= 0:
+                end = data.find(b'\n', idx)
+                if end >= 0:
+                    self._marker_line = data[idx:end]
+                    return data[end + 1:]
+            remaining = deadline - now()
+            if remaining <= 0:
+                raise mitogen.core.TimeoutError(
+                    'timed out after %.1f s waiting for %s to start; %s'
+                    % (self.options.connect_timeout, self._describe(),
+                       self._fail_text()))
+            try:
+                rfds, _, _ = select.select(fds, [], [], remaining)
+            except (select.error, OSError) as e:
+                if e.args[0] == errno.EINTR:
+                    continue
+                raise
+            for rfd in rfds:
+                try:
+                    chunk = os.read(rfd, 65536)
+                except OSError as e:
+                    if e.args[0] in (errno.EAGAIN, errno.EINTR):
+                        continue
+                    chunk = b''
+                if rfd == fd:
+                    if not chunk:
+                        self._reap_failed()
+                        raise EofError(
+                            'EOF on stream of %s before it was ready: %s%s'
+                            % (self._describe(), self._fail_text(),
+                               self._exit_text()))
+                    data += chunk
+                    if marker not in data:
+                        self._output.append(chunk)
+                    self.on_output(chunk)
+                else:
+                    if not chunk:
+                        fds.remove(rfd)
+                        continue
+                    self._output.append(chunk)
+                    self.on_output(chunk)
+
+    def _exit_text(self):
+        if self.proc is None or self.proc.returncode is None:
+            return ''
+        code = self.proc.returncode
+        if code < 0:
+            return ' (killed by signal %d)' % (-code,)
+        return ' (exit status %d)' % (code,)
+
+    def _reap_failed(self):
+        proc = self.proc
+        if proc is None:
+            return
+        deadline = now() + 1.0
+        while proc.poll() is None and now() < deadline:
+            select.select([], [], [], 0.01)
+        if proc.poll() is None:
+            try:
+                proc.kill()
+            except OSError:
+                pass
+            proc.wait()
+
+    def _write_all(self, fd, data, deadline):
+        view = memoryview(data)
+        while view:
+            remaining = deadline - now()
+            if remaining <= 0:
+                raise mitogen.core.TimeoutError(
+                    'timed out after %.1f s sending the core to %s; %s' % (
+                        self.options.connect_timeout, self._describe(),
+                        self._fail_text()))
+            _, wfds, _ = select.select([], [fd], [], remaining)
+            if not wfds:
+                continue
+            try:
+                n = os.write(fd, view)
+            except OSError as e:
+                if e.args[0] in (errno.EAGAIN, errno.EINTR):
+                    continue
+                if e.args[0] in (errno.EPIPE, errno.ECONNRESET):
+                    self._reap_failed()
+                    raise EofError('%s exited while receiving the core: %s%s'
+                                   % (self._describe(), self._fail_text(),
+                                      self._exit_text()))
+                raise
+            view = view[n:]
+
+    def get_config(self, context_id, parent_ids, name):
+        """Return the config dict sent to the child."""
+        router = self._router
+        return {
+            'context_id': context_id,
+            'parent_ids': parent_ids,
+            'name': name,
+            'max_message_size': self.options.max_message_size,
+            'log_level': logging.getLogger('').getEffectiveLevel(),
+            'debug': self.options.debug,
+            'profiling': self.options.profiling,
+            'pkg_present': _mitogen_pkg_present(),
+            'registered_types': [list(k) for k in router._registered_types],
+            'remote_name': self.options.remote_name,
+        }
+
+    def connect(self, context_id, name_hint=None):
+        """Start the child, bootstrap it, and return the ready
+        :class:`mitogen.core.Stream` (not yet registered with the broker)
+        plus bytes already received after the handshake."""
+        deadline = now() + self.options.connect_timeout
+        self.stderr_fd = None
+        argv = self.get_boot_command()
+        LOG.debug('%r: starting %r', self, argv[:len(argv) - 1])
+        self.proc, fd = self.start_child(argv)
+        self.pid = self.proc.pid
+        try:
+            return self._handshake(fd, context_id, deadline)
+        except BaseException:
+            os.close(fd)
+            if self.stderr_fd is not None:
+                os.close(self.stderr_fd)
+                self.stderr_fd = None
+            if self.proc.poll() is None:
+                try:
+                    self.proc.kill()
+                except OSError:
+                    pass
+            self.proc.wait()
+            raise
+
+    def _handshake(self, fd, context_id, deadline):
+        self._marker_line = None
+        rest = self._read_until(fd, b'MITO000\n'[:7], deadline)
+        name = self.options.name or u'%s.%d' % (self.name_prefix, self.pid)
+        self.name = name
+        parent_ids = [mitogen.context_id] + list(mitogen.parent_ids)
+        config = self.get_config(context_id, parent_ids, name)
+        flags, body = mitogen.core.serialize(config)
+        compressed = self._core_compressed()
+        payload = b''.join([
+            ('%010d' % len(compressed)).encode('ascii'), compressed,
+            ('%010d' % (len(body) + 1)).encode('ascii'),
+            bytearray([flags]) if mitogen.core.PY3 else chr(flags), body,
+        ])
+        self._write_all(fd, payload, deadline)
+        rest = self._read_until(fd, b'MITO001', deadline, rest)
+        self._check_version(self._marker_line)
+        return fd, rest
+
+    def _core_compressed(self):
+        src = _core_from_importer() if not mitogen.is_master else None
+        if src is not None:
+            return zlib.compress(src, 9)
+        return _core_cache()[1]
+
+    def _check_version(self, line):
+        parts = to_text(line).split()
+        try:
+            proto = int(parts[1])
+            core_version = parts[2]
+            self.remote_python_version = parts[3]
+        except (IndexError, ValueError):
+            raise mitogen.core.StreamError('unintelligible handshake from '
+                                           '%s: %r' % (self._describe(), line))
+        lo, hi = SUPPORTED_CORE_PROTOCOLS
+        if not (lo <= proto <= hi):
+            raise CoreVersionError(
+                'the child runs mitogen-core %s, which speaks core protocol '
+                '%d; this parent (mitogen %s) supports core protocol versions '
+                '%d to %d' % (core_version, proto, _master_version(), lo, hi))
+
+
+def _master_version():
+    v = getattr(mitogen, '__version__', None)
+    if isinstance(v, tuple):
+        return '.'.join(str(x) for x in v)
+    return str(v)
+
+
+def check_local_core():
+    """Raise :class:`CoreVersionError` if the installed mitogen-core speaks a
+    protocol this parent does not support."""
+    lo, hi = SUPPORTED_CORE_PROTOCOLS
+    proto = mitogen.core.PROTOCOL_VERSION
+    if not (lo <= proto <= hi):
+        raise CoreVersionError(
+            'the installed mitogen-core %s speaks core protocol %d; this '
+            'parent (mitogen %s) supports core protocol versions %d to %d' % (
+                mitogen.core.__version__, proto, _master_version(), lo, hi))
+
+
+# Connection methods that are part of mitogen itself, used where package
+# metadata is unavailable (in children, which have no installed metadata).
+BUILTIN_TRANSPORTS = {
+    'local': 'mitogen.local:Connection',
+}
+
+_transport_cache = {}
+
+
+def resolve_transport(name):
+    """Return the :class:`Connection` subclass registered under `name` in
+    the ``mitogen.transports`` entry-point group."""
+    cls = _transport_cache.get(name)
+    if cls is not None:
+        return cls
+    target = None
+    try:
+        from importlib import metadata
+    except ImportError:
+        metadata = None
+    if metadata is not None:
+        try:
+            eps = metadata.entry_points()
+            if hasattr(eps, 'select'):
+                found = eps.select(group='mitogen.transports', name=name)
+            else:
+                found = [ep for ep in eps.get('mitogen.transports', ())
+                         if ep.name == name]
+            for ep in found:
+                target = ep.value
+                break
+        except Exception:
+            LOG.debug('entry point lookup failed', exc_info=True)
+    if target is None:
+        target = BUILTIN_TRANSPORTS.get(name)
+    if target is None:
+        raise mitogen.core.Error('no connection method named %r is '
+                                 'installed' % (name,))
+    modname, _, attr = target.partition(':')
+    __import__(modname)
+    cls = getattr(sys.modules[modname], attr)
+    _transport_cache[name] = cls
+    return cls
+
+
+class Router(mitogen.core.Router):
+    """A router that can start children: :meth:`connect` and one method per
+    connection method (:meth:`local`, ...)."""
+    context_class = Context
+
+    def __init__(self, broker):
+        super(Router, self).__init__(broker)
+        self._id_lock = threading.Lock()
+        self._next_id = itertools.count(1)
+        self._conns = {}
+        self._reaped = {}
+
+    def allocate_id(self):
+        """Return a new context ID."""
+        with self._id_lock:
+            return next(self._next_id)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, e_type, e_val, tb):
+        self.broker.shutdown()
+        self.broker.join()
+
+    def connect(self, method_name, name=None, **kwargs):
+        """Start a child with connection method `method_name` and return its
+        :class:`Context`."""
+        klass = resolve_transport(method_name)
+        via = kwargs.pop('via', None)
+        if via is not None:
+            raise mitogen.core.Error('via= is not supported by this router')
+        kwargs.setdefault('max_message_size', self.max_message_size)
+        kwargs.setdefault('unidirectional', self.unidirectional)
+        if name is not None:
+            kwargs['name'] = name
+        options = klass.options_class(**kwargs)
+        conn = klass(options, self)
+        return self._connect(conn)
+
+    def _connect(self, conn):
+        check_local_core()
+        context_id = self.allocate_id()
+        fd, rest = conn.connect(context_id)
+        context = self.context_class(self, context_id, conn.name)
+        stream = mitogen.core.Stream(
+            mitogen.core.MitogenProtocol(self, context_id),
+            name=u'stream.%s' % (conn.name,))
+        stream.accept(fd, fd)
+        stream.conn = conn
+        self._conns[context_id] = conn
+        self._reaped[context_id] = mitogen.core.Latch()
+        mitogen.core.listen(stream, 'disconnect',
+                            lambda: self._on_child_disconnect(context_id))
+        self.register(context, stream)
+        if conn.stderr_fd is not None:
+            err = mitogen.core.Stream(
+                mitogen.core.IoLoggerProtocol(u'mitogen.ctx.%s' % conn.name,
+                                              logging.INFO),
+                name=u'stderr.%s' % (conn.name,))
+            err.accept(conn.stderr_fd, conn.stderr_fd)
+            err.receive_side.keep_alive = False
+            conn.stderr_fd = None
+            self.broker.start_receive(err)
+        if rest:
+            self.broker.defer(stream.protocol.on_receive, self.broker, rest)
+        LOG.debug('%r: connected %r (pid %s, Python %s)', self, context,
+                  conn.pid, conn.remote_python_version)
+        return context
+
+    def local(self, **kwargs):
+        """Start a child Python on this machine; see :class:`Options`."""
+        return self.connect(u'local', **kwargs)
+
+    def _on_stream_shutdown(self, stream):
+        if stream.protocol.is_privileged:
+            return
+        LOG.debug('%r: asking %r to shut down', self, stream)
+        stream.protocol.send(mitogen.core.Message(
+            dst_id=stream.protocol.remote_id, handle=mitogen.core.SHUTDOWN,
+            src_id=self.context_id, auth_id=self.context_id))
+
+    def _on_child_disconnect(self, context_id):
+        conn = self._conns.pop(context_id, None)
+        if conn is None or conn.proc is None:
+            self._reaped[context_id].put(None)
+            return
+        Reaper(self.broker, conn.proc, self._reaped[context_id]).start()
+
+    def _wait_reaped(self, context, timeout=10.0):
+        latch = self._reaped.get(context.context_id)
+        if latch is not None:
+            try:
+                latch.get(timeout=timeout)
+            except mitogen.core.TimeoutError:
+                LOG.warning('%r: %r still running after %.1f s', self,
+                            context, timeout)
+            else:
+                latch.put(None)
+
+    def disconnect(self, context):
+        """Disconnect `context` at once, without a graceful shutdown."""
+        stream = self._stream_by_id.get(context.context_id)
+        if stream is not None:
+            self.broker.defer(stream.on_disconnect, self.broker)
+
+    def disconnect_all(self):
+        """Disconnect every directly connected child."""
+        for context_id in list(self._conns):
+            self.disconnect(self.context_by_id(context_id))
+
+
+class Reaper(object):
+    """Waits for a disconnected child process to exit, on the broker thread,
+    escalating to SIGTERM then SIGKILL if it lingers, so no process is left
+    behind."""
+    #: Seconds to wait before each signal.
+    grace = (1.0, 1.0)
+
+    def __init__(self, broker, proc, latch):
+        self.broker = broker
+        self.proc = proc
+        self.latch = latch
+        self._signals = list(_REAP_SIGNALS)
+        self._deadline = None
+
+    def start(self):
+        self._deadline = now() + self.grace[0]
+        mitogen.core.listen(self.broker, 'exit', self._on_broker_exit)
+        self._poll()
+
+    def _done(self):
+        if self.latch is not None:
+            self.latch.put(None)
+            self.latch = None
+        mitogen.core.unlisten(self.broker, 'exit', self._on_broker_exit)
+
+    def _poll(self):
+        if self.proc.poll() is not None:
+            self._done()
+            return
+        if now() >= self._deadline:
+            if not self._signals:
+                self._done()
+                return
+            sig = self._signals.pop(0)
+            LOG.debug('%r: sending signal %d to pid %d', self, sig,
+                      self.proc.pid)
+            try:
+                os.kill(self.proc.pid, sig)
+            except OSError:
+                pass
+            self._deadline = now() + self.grace[1]
+        self.broker.timers.schedule(0.01, self._poll)
+
+    def _on_broker_exit(self):
+        # The broker is gone: finish the job synchronously.
+        deadline = now() + self.grace[0]
+        while self.proc.poll() is None and now() < deadline:
+            select.select([], [], [], 0.01)
+        for sig in self._signals:
+            if self.proc.poll() is not None:
+                break
+            try:
+                os.kill(self.proc.pid, sig)
+            except OSError:
+                pass
+            deadline = now() + self.grace[1]
+            while self.proc.poll() is None and now() < deadline:
+                select.select([], [], [], 0.01)
+        self._done()
+
