@@ -123,6 +123,15 @@ def to_text(s, encoding='utf-8'):
     return UnicodeType(s)
 
 
+def to_native(s):
+    """Return `s` as the native ``str`` type of this Python."""
+    if PY3:
+        return to_text(s)
+    if isinstance(s, UnicodeType):
+        return s.encode('utf-8')
+    return str(s)
+
+
 def _package_module():
     """Return the ``mitogen`` package module if it is loaded, else None.
 
@@ -579,6 +588,18 @@ def _allow(module_names, name, obj):
         _ALLOWED_GLOBALS[(module, name)] = obj
 
 
+def _warm_codecs():
+    # Looking up a codec the first time imports its module. On Python 2 the
+    # broker thread must never import (the main thread may hold the import
+    # lock while it waits for the broker), so every codec it uses is looked
+    # up here, at import time.
+    import codecs
+    for name in ('latin-1', 'utf-8', 'ascii'):
+        codecs.lookup(name)
+        u'x'.encode(name)
+        b'x'.decode(name)
+
+
 def _init_allowed():
     import datetime
     import decimal
@@ -804,6 +825,7 @@ def _unpickle_sender(context_id, dst_handle):
     raise TypeError('senders are unpickled through a router')
 
 
+_warm_codecs()
 _init_allowed()
 
 
@@ -2248,7 +2270,7 @@ class Importer(object):
         self._absent = {}
         #: fullname -> [Latch], requests in flight
         self._callbacks = {}
-        self._present = {'mitogen': list(pkg_present or ())}
+        self._present = {'mitogen': [to_native(n) for n in pkg_present or ()]}
         self.whitelist = list(whitelist) or ['']
         self.blacklist = list(blacklist)
         #: Names of GET_MODULE requests sent, in order.
@@ -2347,6 +2369,7 @@ class Importer(object):
 
     def _prepare(self, module, tup):
         fullname, pkg_present, path, _, _ = tup
+        fullname = to_native(fullname)
         module.__file__ = self._filename(tup)
         if pkg_present is not None:
             module.__path__ = []
@@ -2356,7 +2379,7 @@ class Importer(object):
             module.__package__ = fullname.rpartition('.')[0]
 
     def _filename(self, tup):
-        return 'master:%s' % (tup[2] or tup[0],)
+        return to_native('master:%s' % (to_text(tup[2] or tup[0]),))
 
     def _compile(self, tup):
         fullname, pkg_present, path, compressed, _ = tup
@@ -2389,7 +2412,7 @@ class Importer(object):
         if msg.is_dead:
             return
         tup = msg.unpickle()
-        fullname = to_text(tup[0])
+        fullname = to_native(tup[0])
         tup = (fullname,) + tuple(tup[1:])
         with self._lock:
             if tup[3] is None:
@@ -2398,7 +2421,8 @@ class Importer(object):
             else:
                 self._cache[fullname] = tup
                 if tup[1] is not None:
-                    self._present[fullname] = [to_text(n) for n in tup[1]]
+                    self._present[fullname] = [to_native(n)
+                                               for n in tup[1]]
             callbacks = self._callbacks.pop(fullname, [])
         for latch in callbacks:
             latch.put(None)

@@ -291,7 +291,8 @@ def _is_main_guard(test):
     names = [s for s in sides if isinstance(s, ast.Name) and s.id == '__name__']
     strings = [
         s for s in sides
-        if isinstance(s, ast.Constant) and s.value == '__main__'
+        if isinstance(s, ast.Constant) and isinstance(s.value, str)
+        and s.value == '__main__'
     ]
     return len(names) == 1 and len(strings) == 1
 
@@ -310,7 +311,7 @@ def neutralize_main(source: bytes) -> bytes:
     """
     try:
         tree = ast.parse(source)
-    except (SyntaxError, ValueError):
+    except (SyntaxError, ValueError, RecursionError):
         return source
     for node in tree.body:
         if isinstance(node, ast.If) and _is_main_guard(node.test):
@@ -359,7 +360,8 @@ def _iter_import_statements(body):
         if kind is ast.Import or kind is ast.ImportFrom:
             yield node
             continue
-        for field in _STATEMENT_FIELDS.get(kind, ()):
+        # Pushed last field first, so statements pop in source order.
+        for field in reversed(_STATEMENT_FIELDS.get(kind, ())):
             stack.extend(reversed(getattr(node, field)))
 
 
@@ -478,6 +480,36 @@ def _resolve_records(records, base_package):
     return names
 
 
+def _submodule_name(entry):
+    """
+    The submodule name a directory entry provides to its package, if the
+    master could serve it: a ``.py`` file, a directory with an
+    ``__init__.py``, or a directory with no ``__init__`` at all, which the
+    import system treats as a namespace package.
+    """
+    name = entry.name
+    try:
+        is_dir = entry.is_dir()
+    except OSError:
+        return None
+    if is_dir:
+        if not name.isidentifier() or name == '__pycache__':
+            return None
+        init = os.path.join(entry.path, '__init__')
+        if any(os.path.isfile(init + s) for s in _SOURCE_SUFFIXES):
+            return name
+        suffixes = _BYTECODE_SUFFIXES + _EXTENSION_SUFFIXES
+        if any(os.path.exists(init + s) for s in suffixes):
+            return None
+        return name
+    for suffix in _SOURCE_SUFFIXES:
+        if name.endswith(suffix):
+            stem = name[:-len(suffix)]
+            if stem.isidentifier() and stem != '__init__':
+                return stem
+    return None
+
+
 class ModuleFinder:
     """
     Locate modules on the master and decide whether a child may be sent
@@ -505,27 +537,40 @@ class ModuleFinder:
 
     def _locate(self, fullname, memo):
         """
-        The location of ``fullname`` or None.  ``memo`` holds the
-        results of one request, so resolving many related names visits each
-        package once.
+        The location of ``fullname`` or None.  ``memo`` holds the results
+        of one request, so resolving many related names visits each package
+        once.  The walk is iterative, from the top-level package down, and
+        stops at the first missing parent: a child may send a name with
+        thousands of parts.
         """
-        try:
+        if fullname in memo:
             return memo[fullname]
-        except KeyError:
-            pass
-        parent, _, tail = fullname.rpartition('.')
+        parts = fullname.split('.')
         location = None
-        search = sys.path
-        if parent:
-            parent_location = self._locate(parent, memo)
-            search = parent_location and parent_location.search
-        if search is not None:
-            location = _search(fullname, tail, None if not parent else search)
-        if location is None:
-            location = _location_from_sys_modules(fullname)
-        elif location.search is not None:
-            _extend_search(location, fullname)
+        for depth in range(1, len(parts) + 1):
+            name = '.'.join(parts[:depth])
+            if name in memo:
+                location = memo[name]
+            else:
+                location = self._locate_one(name, parts[depth - 1], location)
+                memo[name] = location
+            if location is None:
+                break
         memo[fullname] = location
+        return location
+
+    @staticmethod
+    def _locate_one(fullname, tail, parent_location):
+        search = None
+        if '.' in fullname:
+            if parent_location.search is None:
+                return None
+            search = parent_location.search
+        location = _search(fullname, tail, search)
+        if location is None:
+            return _location_from_sys_modules(fullname)
+        if location.search is not None:
+            _extend_search(location, fullname)
         return location
 
     def _is_stdlib(self, top, memo):
@@ -699,7 +744,11 @@ class ModuleFinder:
         master can serve, and followed transitively within the top-level
         package of ``fullname``.  For ``'__main__'`` every servable module it
         imports is listed, but only imports inside the main module's own
-        package (when run with ``python -m``) are followed further.
+        package (when run with ``python -m``) are followed further.  Source
+        the master's Python cannot parse up to its last import statement
+        (Python 2-only code, say) contributes no imports, and is still
+        served.  Scans are cached per file until its size or modification
+        time changes.
 
         The list is deterministic and dependency first: each module comes
         after its parent packages and, where import cycles allow, after the
@@ -893,7 +942,7 @@ class ModuleFinder:
             if parts and not _is_within(target, base):
                 continue
             try:
-                names = sorted(os.listdir(target))
+                names = os.listdir(target)
             except OSError:
                 continue
             found = True
@@ -906,31 +955,238 @@ class ModuleFinder:
         return sorted(entries.items())
 
 
-def _submodule_name(entry):
+
+# ---------------------------------------------------------------------------
+# Serving modules to children
+# ---------------------------------------------------------------------------
+
+import logging as _logging
+import sys as _sys
+import threading as _threading
+import zlib as _zlib
+
+import mitogen
+import mitogen.core
+import mitogen.parent
+
+_LOG = _logging.getLogger('mitogen')
+
+
+#: What a child gets when it imports ``mitogen.master``: this module is
+#: master-only (it need not compile on a child's Python), yet programs
+#: import it at the top of scripts whose functions children run.
+CHILD_MASTER_STUB = b'''"""
+Stand-in for mitogen.master inside a child context: the master side of
+mitogen runs only in the master process.
+"""
+import mitogen.core
+
+
+class _MasterOnly(object):
+    def __init__(self, *args, **kwargs):
+        raise mitogen.core.Error(
+            'mitogen.master.%s can only be used in the master process'
+            % (type(self).__name__,))
+
+
+class Router(_MasterOnly):
+    pass
+
+
+class Broker(_MasterOnly):
+    pass
+'''
+
+
+class ModuleResponder:
+    """Answers :data:`mitogen.core.GET_MODULE` requests from children with
+    :data:`mitogen.core.LOAD_MODULE` messages.
+
+    Before the requested module it sends the modules that the request will
+    lead to (see :meth:`ModuleFinder.find_related`) and that the requesting
+    context has not been sent yet, so that importing a package of many
+    interdependent modules costs a few round trips instead of one each.
+
+    A LOAD_MODULE body is ``(fullname, pkg_present, path, compressed,
+    related)``; for a module that is not served, ``compressed`` is None and
+    the last field holds the reason.
     """
-    The submodule name a directory entry provides to its package, if the
-    master could serve it: a ``.py`` file, a directory with an
-    ``__init__.py``, or a directory with no ``__init__`` at all, which the
-    import system treats as a namespace package.
+
+    def __init__(self, router):
+        self._router = router
+        self._finder = ModuleFinder()
+        self._lock = _threading.Lock()
+        self._cache = {}
+        #: context_id -> names already sent to it
+        self._sent = {}
+        #: Count of GET_MODULE requests answered.
+        self.get_module_count = 0
+        #: Count of LOAD_MODULE messages sent.
+        self.good_load_module_count = 0
+        self.bad_load_module_count = 0
+        router.add_handler(fn=self._on_get_module,
+                           handle=mitogen.core.GET_MODULE)
+        router.add_handler(fn=self._on_get_resource,
+                           handle=mitogen.core.GET_RESOURCE)
+
+    def __repr__(self):
+        return 'ModuleResponder'
+
+    def _build_tuple(self, fullname):
+        tup = self._cache.get(fullname)
+        if tup is not None:
+            return tup
+        if fullname == 'mitogen.master':
+            tup = (fullname, None, 'mitogen/master.py',
+                   mitogen.core.Blob(_zlib.compress(CHILD_MASTER_STUB)), [])
+            self._cache[fullname] = tup
+            return tup
+        reason = self._finder.why_not_served(fullname)
+        src = None if reason else self._finder.find(fullname)
+        if src is None:
+            if not reason:
+                reason = ('%r was not found on the master' % (fullname,))
+            tup = (fullname, None, None, None, reason)
+        else:
+            related = [] if fullname == '__main__' else \
+                self._finder.find_related(fullname)
+            pkg_present = src.pkg_present
+            if src.is_pkg and pkg_present is None:
+                pkg_present = []
+            tup = (fullname, pkg_present, src.path,
+                   mitogen.core.Blob(_zlib.compress(src.source, 6)),
+                   related)
+        if fullname != '__main__':
+            self._cache[fullname] = tup
+        return tup
+
+    def _send(self, context_id, tup):
+        if tup[3] is None:
+            self.bad_load_module_count += 1
+        else:
+            self.good_load_module_count += 1
+        self._router.route(mitogen.core.Message.pickled(
+            tup, dst_id=context_id, handle=mitogen.core.LOAD_MODULE,
+        ))
+
+    def _on_get_module(self, msg):
+        if msg.is_dead:
+            return
+        fullname = msg.data.decode('utf-8', 'replace')
+        self.get_module_count += 1
+        try:
+            tup = self._build_tuple(fullname)
+        except Exception as e:
+            _LOG.exception('%r: while finding %r', self, fullname)
+            tup = (fullname, None, None, None,
+                   'the master failed to read it: %s' % (e,))
+        sent = self._sent.setdefault(msg.src_id, set())
+        for name in tup[4] if tup[3] is not None else ():
+            if name in sent:
+                continue
+            try:
+                rtup = self._build_tuple(name)
+            except Exception:
+                continue
+            if rtup[3] is None:
+                continue
+            sent.add(name)
+            self._send(msg.src_id, rtup)
+        sent.add(fullname)
+        self._send(msg.src_id, tup)
+
+    def _on_get_resource(self, msg):
+        if msg.is_dead:
+            return
+        try:
+            kind, package, name = msg.unpickle()
+            package = mitogen.core.to_text(package)
+            name = mitogen.core.to_text(name)
+            if kind == 'read':
+                data = self._finder.get_resource(package, name)
+                result = mitogen.core.Blob(data) if data is not None else None
+            else:
+                result = self._finder.list_resources(package, name)
+        except Exception as e:
+            result = mitogen.core.CallError(e)
+        msg.reply(result)
+
+
+class LogForwarder:
+    """Logs :data:`mitogen.core.FORWARD_LOG` records of children on loggers
+    named ``mitogen.ctx.<context name>``. Each record also carries the
+    original logger name as ``mitogen_name`` and the sending context as
+    ``mitogen_context``."""
+
+    def __init__(self, router):
+        self._router = router
+        self._cache = {}
+        router.add_handler(fn=self._on_forward_log,
+                           handle=mitogen.core.FORWARD_LOG)
+
+    def __repr__(self):
+        return 'LogForwarder'
+
+    def _on_forward_log(self, msg):
+        if msg.is_dead:
+            return
+        context = self._router.context_by_id(msg.src_id)
+        try:
+            name, level, text = msg.data.decode('utf-8', 'replace') \
+                .split('\x00', 2)
+            level = int(level)
+        except ValueError:
+            _LOG.error('%r: bad log record from %r', self, context)
+            return
+        logger = self._cache.get(msg.src_id)
+        if logger is None or logger.name != 'mitogen.ctx.%s' % (
+                context.name,):
+            logger = _logging.getLogger('mitogen.ctx.%s' % (
+                context.name or msg.src_id,))
+            self._cache[msg.src_id] = logger
+        if logger.isEnabledFor(level):
+            rec = logger.makeRecord(logger.name, level, '(unknown file)', 0,
+                                    text, (), None)
+            rec.mitogen_name = name
+            rec.mitogen_context = context
+            logger.handle(rec)
+
+
+class Broker(mitogen.core.Broker):
+    """The master's :class:`mitogen.core.Broker`: on shutdown it asks every
+    child to shut down and waits up to :attr:`shutdown_timeout` seconds for
+    them to disconnect."""
+    shutdown_timeout = 5.0
+
+
+class Router(mitogen.parent.Router):
+    """The master's router: serves modules (:class:`ModuleResponder`) and
+    logs children's records (:class:`LogForwarder`).
+
+    Use it as a context manager to shut everything down on exit::
+
+        with mitogen.master.Router() as router:
+            print(router.local().call(os.getpid))
+
+    :param Broker broker: broker to use; a new one when None.
+    :param int max_message_size: largest message accepted or sent, and
+        passed on to children; 128 MiB when None.
     """
-    name = entry.name
-    try:
-        is_dir = entry.is_dir()
-    except OSError:
-        return None
-    if is_dir:
-        if not name.isidentifier() or name == '__pycache__':
-            return None
-        init = os.path.join(entry.path, '__init__')
-        if any(os.path.isfile(init + s) for s in _SOURCE_SUFFIXES):
-            return name
-        suffixes = _BYTECODE_SUFFIXES + _EXTENSION_SUFFIXES
-        if any(os.path.exists(init + s) for s in suffixes):
-            return None
-        return name
-    for suffix in _SOURCE_SUFFIXES:
-        if name.endswith(suffix):
-            stem = name[:-len(suffix)]
-            if stem.isidentifier() and stem != '__init__':
-                return stem
-    return None
+    broker_class = Broker
+
+    def __init__(self, broker=None, max_message_size=None):
+        if broker is None:
+            broker = self.broker_class()
+        if max_message_size:
+            self.max_message_size = max_message_size
+        super().__init__(broker)
+        self.responder = ModuleResponder(self)
+        self.log_forwarder = LogForwarder(self)
+
+    def enable_debug(self):
+        """Log at DEBUG level in this process and every child started after
+        this call."""
+        _logging.getLogger('mitogen').setLevel(_logging.DEBUG)
+
+
+_ = _sys
