@@ -27,23 +27,7 @@ version = '.'.join(str(part) for part in mitogen.__version__[:2])
 
 extensions = ['sphinx.ext.autodoc']
 
-# Switch for the API reference (api.rst).  It documents names that the
-# modules must define; while those modules are incomplete, the page stays
-# out of the build.  index.rst always lists it, so flipping this to True is
-# the only change needed to publish it.
-API_REFERENCE = False
-
 exclude_patterns = ['_build']
-if not API_REFERENCE:
-    exclude_patterns.append('api.rst')
-    # index.rst's table of contents names the excluded page; leave the entry
-    # out quietly instead of failing the build.
-    suppress_warnings = ['toc.excluded']
-    # Without the reference page, mentions of mitogen's own classes and
-    # functions in the narrative pages have nothing to link to.  Render them
-    # as plain code instead of failing; once the page is enabled every such
-    # reference must resolve.
-    nitpick_ignore_regex = [(r'py:.*', r'mitogen(\..*)?')]
 
 # Standard-library names cannot be linked: the build must work offline, so
 # there is no intersphinx.  The pages spell them as literals; docstrings that

@@ -1,6 +1,7 @@
 """
 The documentation is part of the product: it must build with every
-cross-reference resolved and without a single warning.
+cross-reference resolved and without a single warning, API reference
+included.
 """
 
 import os
@@ -16,15 +17,34 @@ try:
 except ImportError:
     sphinx = None
 
+pytestmark = pytest.mark.skipif(sphinx is None,
+                                reason='sphinx is not installed in this environment')
 
-@pytest.mark.skipif(sphinx is None, reason='sphinx is not installed in this environment')
-def test_documentation_builds_without_warnings(tmp_path):
+
+@pytest.fixture(scope='module')
+def build(tmp_path_factory):
+    out = tmp_path_factory.mktemp('docs') / 'html'
     result = subprocess.run(
         [sys.executable, '-m', 'sphinx', '-n', '-W', '--keep-going', '-b', 'html',
-         DOCS, str(tmp_path / 'html')],
+         DOCS, str(out)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         universal_newlines=True,
         timeout=300,
     )
+    return result, out
+
+
+def test_documentation_builds_without_warnings(build):
+    result, _ = build
     assert result.returncode == 0, 'sphinx-build failed:\n' + result.stdout
+
+
+def test_api_reference_documents_the_public_modules(build):
+    _, out = build
+    with open(str(out / 'api.html')) as fp:
+        page = fp.read()
+    for target in ('mitogen.main', 'mitogen.core.CallError.type_name',
+                   'mitogen.parent.Context.call', 'mitogen.local.Connection',
+                   'mitogen.master.Router', 'mitogen.utils.run_with_router'):
+        assert 'id="%s"' % (target,) in page, target

@@ -79,19 +79,34 @@ __version__ = '0.1.0'
 #: start children with a core whose protocol it does not support.
 PROTOCOL_VERSION = 1
 
-#: Handles reserved by the protocol.
+# Handles reserved by the protocol; :ref:`handles` describes each one.
+
+#: Handle of module requests: the body is a module's full name.
 GET_MODULE = 100
+#: Handle of function calls; accepted only from an ancestor.
 CALL_FUNCTION = 101
+#: Handle of log records and output lines forwarded towards the master.
 FORWARD_LOG = 102
+#: Handle of route announcements: a context ID lies behind a child.
 ADD_ROUTE = 103
+#: Handle of route withdrawals: a context is gone.
 DEL_ROUTE = 104
+#: Handle on which the master hands out fresh context IDs.
 ALLOCATE_ID = 105
+#: Handle of shutdown requests; accepted only from an ancestor.
 SHUTDOWN = 106
+#: Handle of module sources, sent in answer to :data:`GET_MODULE` or ahead
+#: of time; accepted only from an ancestor.
 LOAD_MODULE = 107
+#: Reserved for forwarding modules down a tree of contexts.
 FORWARD_MODULE = 108
+#: Reserved for a context announcing that it detaches from its parent.
 DETACHING = 109
+#: Reserved for service calls.
 CALL_SERVICE = 110
+#: Reserved for service calls made through a stub.
 STUB_CALL_SERVICE = 111
+#: Handle of requests for package data read through ``importlib.resources``.
 GET_RESOURCE = 112
 
 #: Special value of :attr:`Message.reply_to` marking a dead message: the
@@ -280,9 +295,10 @@ def _unpickle_call_error(s, type_name=None, message=None, tb=None):
     if not isinstance(s, (UnicodeType, BytesType)) or len(s) > 10485760:
         raise TypeError('cannot unpickle CallError: bad input')
     e = CallError(to_text(s) if PY3 else s)
-    e.type_name = type_name
+    # A Python 2 sender's native strings arrive as bytes on Python 3.
+    e.type_name = to_native(type_name) if type_name is not None else None
     e.remote_message = message
-    e.remote_traceback = tb or ''
+    e.remote_traceback = to_native(tb or '')
     return e
 
 
@@ -377,12 +393,20 @@ class Message(object):
     :attr:`data` is the body, usually a pickle written by :meth:`pickled`
     and read back by :meth:`unpickle`.
     """
+    #: ID of the context the message is addressed to.
     dst_id = None
+    #: ID of the context that created the message.
     src_id = None
+    #: ID of the context on whose authority the message acts.
     auth_id = None
+    #: Handle of the receiver in the destination context.
     handle = None
+    #: Handle in the source context that expects the reply, 0 for none, or
+    #: :data:`IS_DEAD` for a dead message.
     reply_to = None
+    #: How the body is encoded; set by :meth:`pickled`.
     flags = 0
+    #: The body, as bytes.
     data = b''
     #: The :class:`Router` the message arrived on, when received.
     router = None
@@ -503,7 +527,8 @@ class FrameDecoder(object):
     @property
     def pending(self):
         """Number of bytes received but not yet returned as a message."""
-        return len(self._buf) + self._have
+        header = HEADER_LEN if self._msg is not None else 0
+        return header + len(self._buf) + self._have
 
     def next_message(self):
         """Return the next complete :class:`Message`, or None when more data
@@ -641,8 +666,45 @@ def _safe_reconstructor(cls, base, state):
     return obj
 
 
+_SCALARS = frozenset([int, float, bool, type(None), UnicodeType] +
+                     list(integer_types))
+_CONTAINERS = frozenset([tuple, list, set, frozenset])
+
+
+def _needs_oob(obj, budget):
+    """Decide cheaply whether `obj` may hold byte strings worth sending out
+    of band. Small graphs of plain values are walked; anything larger or of
+    another type answers True, which only selects the general (slower per
+    object, never wrong) pickler."""
+    t = type(obj)
+    if t in _SCALARS:
+        return False
+    if t is BytesType:
+        return len(obj) > _OOB_MIN
+    budget[0] -= 1
+    if budget[0] < 0:
+        return True
+    if t in _CONTAINERS:
+        for item in obj:
+            if _needs_oob(item, budget):
+                return True
+        return False
+    if t is dict or t is Kwargs:
+        for k, v in iteritems(obj):
+            if _needs_oob(k, budget) or _needs_oob(v, budget):
+                return True
+        return False
+    return True
+
+
 def serialize(obj):
     """Serialize `obj`; return `(flags, body)`."""
+    if not _needs_oob(obj, [64]):
+        try:
+            return 0, _pickle_impl.dumps(obj, 2)
+        except (pickle.PicklingError, TypeError, AttributeError) as e:
+            raise StreamError('cannot serialize %s: %s' % (
+                _short_repr(obj), e))
     buffers = []
     seen = {}
 
@@ -1191,8 +1253,11 @@ class Side(object):
 
     def __init__(self, stream, fd, cloexec=True, keep_alive=True,
                  blocking=False):
+        #: The :class:`Stream` this side belongs to.
         self.stream = stream
+        #: The file descriptor, or None once closed.
         self.fd = fd
+        #: True once :meth:`close` was called.
         self.closed = False
         self.keep_alive = keep_alive
         self._fork_refs = None
@@ -1297,6 +1362,8 @@ class Stream(object):
             self.transmit_side = Side(self, wfd)
 
     def on_receive(self, broker):
+        """Read what is available and pass it to the protocol; end of file
+        disconnects the stream."""
         buf = self.receive_side.read(CHUNK_SIZE)
         if not buf:
             self.on_disconnect(broker)
@@ -1304,12 +1371,15 @@ class Stream(object):
         self.protocol.on_receive(broker, buf)
 
     def on_transmit(self, broker):
+        """Let the protocol write what it has queued."""
         self.protocol.on_transmit(broker)
 
     def on_shutdown(self, broker):
         self.protocol.on_shutdown(broker)
 
     def on_disconnect(self, broker):
+        """Stop polling, close both sides, tell the protocol and fire the
+        ``disconnect`` signal; later calls do nothing."""
         if self.disconnected:
             return
         self.disconnected = True
@@ -1562,8 +1632,8 @@ class Broker(object):
     :param poller_class: :class:`Poller` subclass; epoll where available.
     """
     poller_class = None
-    #: Seconds :meth:`shutdown` waits for streams to disconnect gracefully
-    #: before closing them by force.
+    #: Seconds :meth:`~mitogen.core.Broker.shutdown` waits for streams to
+    #: disconnect gracefully before closing them by force.
     shutdown_timeout = 5.0
 
     def __init__(self, poller_class=None, activate_compat=True):
@@ -1763,8 +1833,11 @@ class Context(object):
     remote_name = None
 
     def __init__(self, router, context_id, name=None):
+        #: The :class:`Router` used to reach the context.
         self.router = router
+        #: The context's ID, unique in the whole tree; 0 is the master.
         self.context_id = context_id
+        #: Human-readable name, such as ``local.1234``.
         self.name = name
 
     def __reduce__(self):
@@ -2196,9 +2269,15 @@ class Router(object):
                       'messages between children', self, msg)
             return
         if len(msg.data) > self.max_message_size:
-            self._maybe_send_dead(msg, 'message of %d bytes exceeds '
-                                  'max_message_size of %d bytes',
-                                  len(msg.data), self.max_message_size)
+            reason = ('message of %d bytes exceeds max_message_size of %d '
+                      'bytes' % (len(msg.data), self.max_message_size))
+            if not msg.reply_to and not msg.is_dead:
+                # A reply (or a Sender's message) has nobody to answer: tell
+                # its recipient instead, so a caller waiting for it fails
+                # rather than hangs.
+                self.route(Message.dead(dst_id=msg.dst_id,
+                                        handle=msg.handle, reason=reason))
+            self._maybe_send_dead(msg, reason)
             return
         if not out.protocol.send(msg):
             self._maybe_send_dead(msg, 'the stream to context %r is '
@@ -2290,7 +2369,25 @@ class Importer(object):
     def find_module(self, fullname, path=None):
         if self._refuse_fast(fullname):
             return None
+        if not PY3 and self._installed_locally(fullname, path):
+            return None
         return self
+
+    @staticmethod
+    def _installed_locally(fullname, path):
+        # Python 2 consults sys.meta_path before searching sys.path, so a
+        # module the child has installed (the standard library included)
+        # must be ruled out here, or the parent would be asked for it.
+        if fullname in sys.builtin_module_names:
+            return True
+        import imp
+        try:
+            fp, _, _ = imp.find_module(fullname.rpartition('.')[2], path)
+        except ImportError:
+            return False
+        if fp is not None:
+            fp.close()
+        return True
 
     def _refuse_fast(self, fullname):
         """True when `fullname` is certainly not available from the parent,
@@ -2747,6 +2844,7 @@ class ExternalContext(object):
         pkg.parent_ids = list(self.config['parent_ids'])
         pkg.parent_id = pkg.parent_ids[0]
         pkg.core = sys.modules[__name__]
+        pkg.main = _child_main_decorator
         pkg.__version__ = tuple(int(x) for x in __version__.split('.'))
 
     def _setup_master(self):
@@ -2895,6 +2993,12 @@ class ExternalContext(object):
 
     def __repr__(self):
         return 'ExternalContext(%s)' % (self.config.get('context_id'),)
+
+
+def _child_main_decorator(*args, **kwargs):
+    # mitogen.main() in a child: the decorated program runs only in the
+    # master, so the decorator leaves the function alone.
+    return lambda func: func
 
 
 def _bootstrap_main(config_bytes, core_src):
