@@ -20,7 +20,6 @@ import textwrap
 import pytest
 
 import interpreters
-import mitogen.core
 import mitogen.master
 from support import imp_helpers
 
@@ -94,7 +93,7 @@ def test_plain_module_is_served_from_the_master(
         master_site, router, interpreter):
     base = master_site({'plainmod.py': '''
         def greet(who):
-            return 'hello ' + who
+            return u'hello ' + who
     '''})
     context = connect(router, interpreter)
     assert str(base) not in context.call(imp_helpers.sys_path)
@@ -109,11 +108,11 @@ def test_relative_imports_resolve_at_every_level(
         master_site, router, interpreter):
     master_site({
         'relpkg/__init__.py': 'from . import util\n',
-        'relpkg/util.py': 'VALUE = "util"\n',
+        'relpkg/util.py': 'VALUE = u"util"\n',
         'relpkg/sub/__init__.py': 'from .sibling import THING\n',
-        'relpkg/sub/sibling.py': 'THING = "sibling"\n',
+        'relpkg/sub/sibling.py': 'THING = u"sibling"\n',
         'relpkg/sub/deep/__init__.py': '',
-        'relpkg/sub/deep/helper.py': 'X = "helper"\n',
+        'relpkg/sub/deep/helper.py': 'X = u"helper"\n',
         'relpkg/sub/deep/leaf.py': '''
             from ... import util
             from ..sibling import THING
@@ -148,8 +147,8 @@ def test_package_that_replaces_itself_in_sys_modules_imports_as_its_stand_in(
 @spread()
 def test_namespace_package_spans_both_directories(
         master_site, router, interpreter):
-    master_site({'nsp/alpha.py': 'NAME = "alpha"\n'}, root='first')
-    master_site({'nsp/beta.py': 'NAME = "beta"\n'}, root='second')
+    master_site({'nsp/alpha.py': 'NAME = u"alpha"\n'}, root='first')
+    master_site({'nsp/beta.py': 'NAME = u"beta"\n'}, root='second')
     context = connect(router, interpreter)
     assert context.call(imp_helpers.attribute_of, 'nsp.alpha', 'NAME')[1] == \
         'alpha'
@@ -220,10 +219,10 @@ def test_files_iterdir_lists_files_and_directories(
 @spread()
 def test_module_installed_on_the_child_wins_over_the_masters_copy(
         tmp_path, master_site, router, interpreter, monkeypatch):
-    master_site({'winner.py': 'WHO = "master"\n'})
+    master_site({'winner.py': 'WHO = u"master"\n'})
     child_site = tmp_path / 'child-site'
     child_site.mkdir()
-    (child_site / 'winner.py').write_text(u'WHO = "child"\n')
+    (child_site / 'winner.py').write_text(u'WHO = u"child"\n')
     # Only the child's environment carries its own directory.
     monkeypatch.setenv('PYTHONPATH', str(child_site))
     context = connect(router, interpreter)
@@ -415,7 +414,7 @@ def test_standard_library_module_newer_than_the_child_is_not_served(
     before = router.responder.bad_load_module_count
 
     error, requests = context.call(imp_helpers.import_failure, 'graphlib')
-    assert error is not None
+    assert error is not None and 'standard library' in error, error
     assert requests == ['graphlib']
     assert router.responder.bad_load_module_count == before + 1
 
@@ -437,7 +436,7 @@ def master_only_extension(master_site):
     importlib.invalidate_caches()
 
 
-@spread(['2.7'])
+@spread(['2.7', '3.13'])
 def test_native_extension_on_the_master_is_refused_saying_why(
         master_site, router, interpreter):
     master_only_extension(master_site)

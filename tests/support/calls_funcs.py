@@ -102,20 +102,20 @@ def make_values():
     """Return the values that tests/test_calls.py builds in the master, so
     the child's serializer is exercised on objects the child created."""
     return {
-        'set': set([1, 2, 3]),
-        'frozenset': frozenset([u'a', u'b']),
-        'complex': complex(1.5, -2),
-        'bytearray': bytearray(b'\x00\x01\xffabc'),
-        'datetime': datetime.datetime(2024, 2, 29, 23, 59, 58, 123456),
-        'date': datetime.date(1999, 12, 31),
-        'time': datetime.time(13, 14, 15, 16),
-        'timedelta': datetime.timedelta(days=3, seconds=4, microseconds=5),
-        'decimal': decimal.Decimal('3.14159265358979323846'),
-        'uuid': uuid.UUID('12345678-1234-5678-1234-567812345678'),
-        'small_bytes': b'small',
-        'large_bytes': b'\xab' * 200000,
-        'nested': {u'a': [1, (2, 3), {u'b': set([4, 5])}],
-                   u'c': (b'y' * 100, u'\xfc')},
+        u'set': set([1, 2, 3]),
+        u'frozenset': frozenset([u'a', u'b']),
+        u'complex': complex(1.5, -2),
+        u'bytearray': bytearray(b'\x00\x01\xffabc'),
+        u'datetime': datetime.datetime(2024, 2, 29, 23, 59, 58, 123456),
+        u'date': datetime.date(1999, 12, 31),
+        u'time': datetime.time(13, 14, 15, 16),
+        u'timedelta': datetime.timedelta(days=3, seconds=4, microseconds=5),
+        u'decimal': decimal.Decimal('3.14159265358979323846'),
+        u'uuid': uuid.UUID('12345678-1234-5678-1234-567812345678'),
+        u'small_bytes': b'small',
+        u'large_bytes': b'\xab' * 200000,
+        u'nested': {u'a': [1, (2, 3), {u'b': set([4, 5])}],
+                    u'c': (b'y' * 100, u'\xfc')},
     }
 
 
@@ -267,3 +267,4 @@ def print_line(text):
 def write_stderr(text):
     sys.stderr.write(text + '\n')
     sys.stderr.flush()
+

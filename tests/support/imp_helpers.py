@@ -5,10 +5,16 @@ test serves, and report what the child saw.  They run in children, so this
 module stays Python 2.7 compatible.
 """
 import importlib
-import os
 import sys
 
 import mitogen.core
+
+
+def text(obj):
+    """`obj` as text, so Python 2 children answer with the same types."""
+    if not isinstance(obj, (bytes, mitogen.core.UnicodeType)):
+        obj = str(obj)
+    return mitogen.core.to_text(obj)
 
 
 def call_in(modname, funcname, *args):
@@ -21,27 +27,25 @@ def attribute_of(modname, attr):
     """Import `modname` and return ``(type name of what the import gave,
     its attribute `attr`)``."""
     module = importlib.import_module(modname)
-    return type(module).__name__, getattr(module, attr)
+    return text(type(module).__name__), getattr(module, attr)
 
 
 def origin_of(modname):
     """Return the ``__file__`` of `modname` as the child imported it."""
-    return importlib.import_module(modname).__file__
+    return text(importlib.import_module(modname).__file__)
 
 
 def sys_path():
-    return list(sys.path)
-
-
-def environ_value(name):
-    return os.environ.get(name)
+    return [text(p) for p in sys.path]
 
 
 def loaded_below(prefix):
     """Sorted names in ``sys.modules`` equal to or below package
     `prefix`."""
-    return sorted(name for name in sys.modules
-                  if name == prefix or name.startswith(prefix + '.'))
+    # Python 2 records failed implicit relative imports as None entries.
+    return sorted(text(name) for name, module in list(sys.modules.items())
+                  if module is not None
+                  and (name == prefix or name.startswith(prefix + '.')))
 
 
 @mitogen.core.takes_econtext
@@ -53,10 +57,10 @@ def import_failure(modname, econtext):
     try:
         importlib.import_module(modname)
     except ImportError:
-        error = str(sys.exc_info()[1])
+        error = text(sys.exc_info()[1])
     else:
         error = None
-    return error, list(econtext.importer.requests[before:])
+    return error, [text(n) for n in econtext.importer.requests[before:]]
 
 
 @mitogen.core.takes_econtext
@@ -64,7 +68,7 @@ def import_counting_requests(modname, econtext):
     """Import `modname`; return the GET_MODULE requests that cost."""
     before = len(econtext.importer.requests)
     importlib.import_module(modname)
-    return list(econtext.importer.requests[before:])
+    return [text(n) for n in econtext.importer.requests[before:]]
 
 
 def read_resources_legacy(package, text_name, binary_name):

@@ -23,7 +23,6 @@ later, uses only the standard library, and imports no other mitogen module at
 import time, so it also works when vendored under another name.
 """
 
-import binascii
 import collections
 import errno
 import fcntl
@@ -40,7 +39,6 @@ import threading
 import time
 import traceback
 import types
-import weakref
 import zlib
 
 try:
@@ -332,14 +330,22 @@ class Secret(UnicodeType):
 
 
 class Kwargs(dict):
-    """A dict of keyword arguments. On Python 2, text keys are converted to
-    native strings so they can be passed as ``**kwargs``."""
+    """A dict of keyword arguments. Keys are converted to the native string
+    type so they can be passed as ``**kwargs``: text keys to byte strings
+    on Python 2, byte-string keys (from a Python 2 peer) to text on
+    Python 3."""
 
     if not PY3:
         def __init__(self, dct=()):
             for k, v in dict(dct).iteritems():
                 if type(k) is unicode:  # noqa: F821
                     k = k.encode('utf-8')
+                self[k] = v
+    else:
+        def __init__(self, dct=()):
+            for k, v in dict(dct).items():
+                if type(k) is bytes:
+                    k = k.decode('utf-8')
                 self[k] = v
 
     def __repr__(self):
@@ -630,19 +636,47 @@ def _init_allowed():
     import decimal
     import uuid
     builtins = ('__builtin__', 'builtins')
-    for obj in (set, frozenset, complex, bytearray, object):
+    for obj in (set, frozenset, complex, object):
         _allow(builtins, obj.__name__, obj)
+    _allow(builtins, 'bytearray',
+           _no_length_arg(_py2_text_args(bytearray, 1)))
     if not PY3:
         _allow(builtins, 'str', str)
         _allow(builtins, 'unicode', unicode)  # noqa: F821
     _allow(('_codecs',), 'encode', _safe_codecs_encode)
+    _allow(builtins, 'bytes', _safe_empty_bytes)
     _allow(('copy_reg', 'copyreg'), '_reconstructor', _safe_reconstructor)
     for name in ('datetime', 'date', 'time', 'timedelta', 'tzinfo'):
         _allow(('datetime',), name, getattr(datetime, name))
     if hasattr(datetime, 'timezone'):
         _allow(('datetime',), 'timezone', datetime.timezone)
-    _allow(('decimal', '_decimal', '_pydecimal'), 'Decimal', decimal.Decimal)
+    _allow(('decimal', '_decimal', '_pydecimal'), 'Decimal',
+           _py2_text_args(decimal.Decimal, 0))
     _allow(('uuid',), 'UUID', uuid.UUID)
+    if not PY3:
+        # Python 2 pickles a UUID as its attribute dict, whose byte-string
+        # key Python 3 refuses; send it as the call UUID(int=...) instead.
+        import copy_reg
+        copy_reg.pickle(uuid.UUID, _reduce_uuid)
+
+
+def _reduce_uuid(u):
+    return type(u), (None, None, None, None, u.int)
+
+
+def _py2_text_args(cls, index):
+    # Python 2 pickles a text argument of some constructors (Decimal's
+    # digits, bytearray's encoding name) as a byte string, which Python 3
+    # constructors refuse: decode argument `index` when it is bytes.
+    if not PY3:
+        return cls
+
+    def construct(*args):
+        if len(args) > index and isinstance(args[index], BytesType):
+            args = list(args)
+            args[index] = args[index].decode('latin-1')
+        return cls(*args)
+    return construct
 
 
 def _safe_codecs_encode(s, encoding='latin1'):
@@ -652,6 +686,24 @@ def _safe_codecs_encode(s, encoding='latin1'):
         raise StreamError('refusing _codecs.encode with encoding %r'
                           % (encoding,))
     return s.encode('latin-1')
+
+
+def _no_length_arg(construct):
+    # bytearray(n) allocates n bytes from a pickle of a few bytes; pickle
+    # never writes that call, so a peer that does is refused.
+    def construct_no_length(*args):
+        if args and isinstance(args[0], integer_types):
+            raise StreamError('refusing bytearray() of a length')
+        return construct(*args)
+    return construct_no_length
+
+
+def _safe_empty_bytes(*args):
+    # Python 3 writes an empty bytes object into a protocol 2 pickle as the
+    # call bytes(); any argument (bytes(10**12)) is not ours to honour.
+    if args:
+        raise StreamError('refusing bytes() with arguments')
+    return BytesType()
 
 
 def _safe_reconstructor(cls, base, state):
@@ -830,6 +882,8 @@ def deserialize(flags, data, router=None):
 
     def persistent_load(pid):
         try:
+            if type(pid) not in integer_types or pid < 0:
+                raise TypeError()
             return buffers[pid]
         except (IndexError, TypeError):
             raise StreamError('bad out-of-band reference %r' % (pid,))
@@ -1598,7 +1652,7 @@ class Waker(Protocol):
                 raise
 
     def defer(self, func, *args, **kwargs):
-        if threading.currentThread() is self._broker._thread:
+        if threading.current_thread() is self._broker._thread:
             func(*args, **kwargs)
             return
         self._deferred.append((func, args, kwargs))
@@ -1679,7 +1733,7 @@ class Broker(object):
 
     def on_thread(self):
         """True when called on the broker thread."""
-        return threading.currentThread() is self._thread
+        return threading.current_thread() is self._thread
 
     def start_receive(self, stream):
         """Watch `stream`'s receive side."""
@@ -1814,7 +1868,7 @@ class Broker(object):
 
     def join(self, timeout=None):
         """Wait for the broker thread to exit."""
-        if self._thread is not threading.currentThread():
+        if self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
 
@@ -2061,7 +2115,6 @@ class Router(object):
 
     def myself(self):
         """Return the :class:`Context` for this process."""
-        pkg = _package_module()
         name = getattr(self, '_my_name', None)
         if name is None:
             name = 'master' if self.context_id == 0 else None
@@ -2347,6 +2400,9 @@ class Importer(object):
         self._cache = {}
         #: fullname -> reason, for modules the parent cannot serve
         self._absent = {}
+        #: names the parent refused to serve, with a reason worth showing
+        #: (standard library, native extension, ...), unlike plain absence
+        self._refused = set()
         #: fullname -> [Latch], requests in flight
         self._callbacks = {}
         self._present = {'mitogen': [to_native(n) for n in pkg_present or ()]}
@@ -2367,6 +2423,8 @@ class Importer(object):
 
     # Python 2 / legacy protocol.
     def find_module(self, fullname, path=None):
+        if fullname in self._refused:
+            return self
         if self._refuse_fast(fullname):
             return None
         if not PY3 and self._installed_locally(fullname, path):
@@ -2416,15 +2474,22 @@ class Importer(object):
 
     def find_spec(self, fullname, path=None, target=None):
         """Python 3 finder protocol."""
-        if self._refuse_fast(fullname):
-            return None
-        if self._router.broker.on_thread():
-            return None
-        try:
-            tup = self._get_module(fullname)
-        except ModuleNotServed:
-            return None
         import importlib.util
+        if fullname not in self._refused:
+            if self._refuse_fast(fullname):
+                return None
+            if self._router.broker.on_thread():
+                return None
+            try:
+                tup = self._get_module(fullname)
+            except ModuleNotServed:
+                if fullname not in self._refused:
+                    return None
+        if fullname in self._refused:
+            # A spec whose loader raises: the ImportError then says why the
+            # parent refused, instead of a bare "No module named".
+            return importlib.util.spec_from_loader(
+                fullname, _RefusedLoader(self.import_error(fullname)))
         is_pkg = tup[1] is not None
         spec = importlib.util.spec_from_loader(fullname, self,
                                                origin=tup[2],
@@ -2440,6 +2505,8 @@ class Importer(object):
         fullname = module.__name__
         tup = self._get_module(fullname)
         self._prepare(module, tup)
+        if tup[1] is not None and sys.version_info[:2] == (3, 9):
+            _teach_files_to_python39()
         code = self._compile(tup)
         exec(code, module.__dict__)
 
@@ -2515,6 +2582,8 @@ class Importer(object):
             if tup[3] is None:
                 self._absent[fullname] = to_text(tup[4] or
                                                  'not found on the parent')
+                if tup[4]:
+                    self._refused.add(fullname)
             else:
                 self._cache[fullname] = tup
                 if tup[1] is not None:
@@ -2567,6 +2636,19 @@ class Importer(object):
         return None
 
 
+class _RefusedLoader(object):
+    """Loader of a module the parent refused: raises the explanation."""
+
+    def __init__(self, error):
+        self.error = error
+
+    def create_module(self, spec):
+        raise self.error
+
+    def exec_module(self, module):
+        raise self.error
+
+
 class ResourceReader(object):
     """Reads data files of a package served by the parent, fetching each
     with a :data:`GET_RESOURCE` request."""
@@ -2604,6 +2686,27 @@ class ResourceReader(object):
 
     def files(self):
         return RemoteTraversable(self, '')
+
+
+_python39_files_taught = []
+
+
+def _teach_files_to_python39():
+    """Python 3.9's ``importlib.resources.files()`` looks for data files
+    beside ``__spec__.origin`` on disk and never asks the loader: send it
+    to the parent for packages the :class:`Importer` loaded."""
+    if _python39_files_taught:
+        return
+    _python39_files_taught.append(True)
+    import importlib._common as common
+    from_package = common.from_package
+
+    def from_package_or_parent(package):
+        spec = package.__spec__
+        if isinstance(spec.loader, Importer):
+            return ResourceReader(spec.loader, spec.name).files()
+        return from_package(package)
+    common.from_package = from_package_or_parent
 
 
 def _file_not_found(name):

@@ -1044,9 +1044,8 @@ class ModuleResponder:
         reason = self._finder.why_not_served(fullname)
         src = None if reason else self._finder.find(fullname)
         if src is None:
-            if not reason:
-                reason = ('%r was not found on the master' % (fullname,))
-            tup = (fullname, None, None, None, reason)
+            # A reason means "refused"; None means simply not found.
+            tup = (fullname, None, None, None, reason or None)
         else:
             related = [] if fullname == '__main__' else \
                 self._finder.find_related(fullname)

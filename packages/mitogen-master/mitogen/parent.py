@@ -564,6 +564,24 @@ class Connection(object):
             except OSError:
                 pass
             proc.wait()
+        self._drain_stderr()
+
+    def _drain_stderr(self, timeout=0.5):
+        # The end of the stream may be seen before the last words the child
+        # wrote to stderr, which usually explain why it failed: collect
+        # them for the error message.
+        fd = self.stderr_fd
+        deadline = now() + timeout
+        while fd is not None and now() < deadline:
+            try:
+                rfds, _, _ = select.select([fd], [], [],
+                                           max(0, deadline - now()))
+                chunk = os.read(fd, 65536) if rfds else b''
+            except (select.error, OSError):
+                return
+            if not chunk:
+                return
+            self._output.append(chunk)
 
     def _write_all(self, fd, data, deadline):
         view = memoryview(data)

@@ -1,0 +1,173 @@
+"""
+Specification of the bootstrap: how a bare interpreter becomes a context,
+and how each way of failing to get there is reported.
+
+Failures are provoked with fake interpreters: small executable scripts in
+``tmp_path`` that stand where ``python`` would, ignore the ``-c <first
+stage>`` arguments the boot command appends, and misbehave in one
+particular way.
+"""
+import os
+import re
+import stat
+import time
+import zlib
+
+import pytest
+
+import leakcheck
+import mitogen.core
+import mitogen.master
+import mitogen.parent
+from support import boot_helpers
+
+#: Seconds within which a failure that needs no timeout must be reported.
+QUICKLY = 5.0
+
+
+@pytest.fixture
+def router():
+    with mitogen.master.Router() as router:
+        yield router
+
+
+def fake_python(tmp_path, body, name='fake-python'):
+    """Write an executable ``/bin/sh`` script running `body` and return its
+    path."""
+    path = tmp_path / name
+    path.write_text(u'#!/bin/sh\n' + body)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return str(path)
+
+
+# -- Nothing installed -------------------------------------------------------
+
+def test_core_reaches_a_child_without_site_or_environment(
+        router, interpreter, monkeypatch):
+    monkeypatch.delenv('PYTHONPATH', raising=False)
+    context = router.local(python_path=[interpreter.path, '-S', '-E'])
+    facts = context.call(boot_helpers.describe_boot)
+    assert facts['core_file'] == u'master:mitogen/core.py'
+    assert facts['no_site'] and not facts['site_imported']
+    assert facts['installed_mitogen'] == []
+    assert facts['pythonpath'] == u''
+
+
+def test_core_is_shipped_even_to_an_interpreter_that_has_mitogen_installed(
+        router):
+    # This test's own interpreter has every distribution installed; the
+    # child must still run the core the master sent.
+    context = router.local()
+    facts = context.call(boot_helpers.describe_boot)
+    assert facts['core_file'] == u'master:mitogen/core.py'
+
+
+# -- Failing to start --------------------------------------------------------
+
+def test_missing_interpreter_raises_stream_error_naming_it(router, tmp_path):
+    missing = str(tmp_path / 'no-such-python')
+    start = time.monotonic()
+    with pytest.raises(mitogen.core.StreamError) as info:
+        router.local(python_path=missing)
+    assert time.monotonic() - start < QUICKLY
+    assert missing in str(info.value)
+
+
+@pytest.mark.parametrize('redirect', ['', ' >&2'], ids=['stdout', 'stderr'])
+def test_interpreter_that_dies_at_once_raises_eof_error_with_its_output(
+        router, tmp_path, redirect):
+    python = fake_python(
+        tmp_path, 'echo "fake python: no such luck"%s\nexit 3\n' % redirect)
+    start = time.monotonic()
+    with pytest.raises(mitogen.parent.EofError) as info:
+        router.local(python_path=python)
+    assert time.monotonic() - start < QUICKLY
+    assert 'fake python: no such luck' in str(info.value)
+    assert 'exit status 3' in str(info.value)
+
+
+def test_eof_error_is_a_stream_error(router, tmp_path):
+    python = fake_python(tmp_path, 'exit 1\n')
+    with pytest.raises(mitogen.core.StreamError):
+        router.local(python_path=python)
+
+
+def test_silent_child_times_out_with_its_output_and_is_killed(
+        router, tmp_path):
+    pidfile = tmp_path / 'pid'
+    python = fake_python(
+        tmp_path,
+        'echo $$ > "%s"\necho "fake python: thinking hard"\nexec sleep 1000\n'
+        % (pidfile,))
+    timeout = 1.0
+    start = time.monotonic()
+    with pytest.raises(mitogen.core.TimeoutError) as info:
+        router.local(python_path=python, connect_timeout=timeout)
+    elapsed = time.monotonic() - start
+    assert timeout <= elapsed < timeout + 2.0
+    assert 'fake python: thinking hard' in str(info.value)
+    assert leakcheck.process_status(int(pidfile.read_text())) is None
+
+
+# -- Core protocol versions --------------------------------------------------
+
+def core_speaking(protocol):
+    """The source of this core, changed to announce `protocol`."""
+    source = mitogen.parent.get_core_source()
+    changed, count = re.subn(
+        rb'^PROTOCOL_VERSION = \d+$',
+        b'PROTOCOL_VERSION = ' + str(protocol).encode(), source,
+        flags=re.MULTILINE)
+    assert count == 1
+    return changed
+
+
+def supported_text():
+    return 'versions %d to %d' % mitogen.parent.SUPPORTED_CORE_PROTOCOLS
+
+
+def test_child_core_of_another_protocol_is_refused_naming_both(
+        router, monkeypatch):
+    source = core_speaking(99)
+    monkeypatch.setattr(mitogen.parent, '_core_data',
+                        [source, zlib.compress(source, 9)])
+    with pytest.raises(mitogen.parent.CoreVersionError) as info:
+        router.local()
+    message = str(info.value)
+    assert 'protocol 99' in message
+    assert supported_text() in message
+    assert mitogen.core.__version__ in message
+
+
+@pytest.mark.parametrize('installed, supported', [
+    (99, (1, 1)),
+    (1, (2, 3)),
+    (4, (2, 3)),
+])
+def test_installed_core_outside_the_supported_range_is_refused(
+        monkeypatch, installed, supported):
+    monkeypatch.setattr(mitogen.core, 'PROTOCOL_VERSION', installed)
+    monkeypatch.setattr(mitogen.parent, 'SUPPORTED_CORE_PROTOCOLS', supported)
+    with pytest.raises(mitogen.parent.CoreVersionError) as info:
+        mitogen.parent.check_local_core()
+    message = str(info.value)
+    assert 'protocol %d' % installed in message
+    assert supported_text() in message
+
+
+@pytest.mark.parametrize('installed', [2, 3])
+def test_installed_core_at_either_end_of_the_supported_range_is_accepted(
+        monkeypatch, installed):
+    monkeypatch.setattr(mitogen.core, 'PROTOCOL_VERSION', installed)
+    monkeypatch.setattr(mitogen.parent, 'SUPPORTED_CORE_PROTOCOLS', (2, 3))
+    mitogen.parent.check_local_core()
+
+
+def test_unsupported_installed_core_is_refused_before_starting_a_child(
+        router, monkeypatch, tmp_path):
+    started = tmp_path / 'started'
+    python = fake_python(tmp_path, 'touch "%s"\nexit 1\n' % (started,))
+    monkeypatch.setattr(mitogen.core, 'PROTOCOL_VERSION', 99)
+    with pytest.raises(mitogen.parent.CoreVersionError):
+        router.local(python_path=python)
+    assert not os.path.exists(str(started))

@@ -1,0 +1,378 @@
+"""
+Packaging: the ``mitogen`` package spans the mitogen-core and mitogen-master
+distributions and must work the same from installed wheels and from the
+development checkout; mitogen-core's metadata agrees with the code; core.py
+works vendored alone; every module that runs in a child compiles on every
+child interpreter (checked, not assumed).
+"""
+import glob
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import mitogen
+import mitogen.core
+import mitogen.local
+
+import interpreters
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGES = os.path.join(ROOT, 'packages')
+CORE_DIR = os.path.join(PACKAGES, 'mitogen-core', 'mitogen')
+MASTER_DIR = os.path.join(PACKAGES, 'mitogen-master', 'mitogen')
+
+#: Modules that only ever run in a master (modern Python only); every other
+#: module of the package may run in a child.
+MASTER_ONLY = {'master.py'}
+
+
+def run(argv, **kwargs):
+    """Run `argv` with no PYTHONPATH; return its stdout, failing the test
+    with its stderr if it exits non-zero."""
+    env = dict(os.environ)
+    env.pop('PYTHONPATH', None)
+    proc = subprocess.run(
+        argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, timeout=120, **kwargs)
+    if proc.returncode != 0:
+        pytest.fail('%s exited %d:\n%s%s' % (
+            ' '.join(map(str, argv)), proc.returncode,
+            proc.stdout.decode('utf-8', 'replace'),
+            proc.stderr.decode('utf-8', 'replace')), pytrace=False)
+    return proc.stdout.decode('utf-8')
+
+
+def last_json(out):
+    return json.loads(out.strip().splitlines()[-1])
+
+
+# Prints what a test needs to know about how mitogen imports here.
+DESCRIBE_PACKAGE = textwrap.dedent('''
+    import json, os, pkgutil, sys
+    import mitogen, mitogen.core, mitogen.parent, mitogen.master
+    import mitogen.local, mitogen.utils
+    print(json.dumps({
+        'path': [os.path.realpath(p) for p in mitogen.__path__],
+        'files': dict((m.__name__, os.path.realpath(m.__file__)) for m in (
+            mitogen, mitogen.core, mitogen.parent, mitogen.master,
+            mitogen.local, mitogen.utils)),
+        'modules': sorted(m.name for m in pkgutil.iter_modules(
+            mitogen.__path__)),
+    }))
+''')
+
+
+# -- installed from wheels -------------------------------------------------
+
+WHEEL_SCRIPT = textwrap.dedent('''
+    import json
+    import os
+    import sys
+    from importlib import metadata
+
+    import mitogen
+    import mitogen.master
+
+
+    def add_one(x):
+        return x + 1, os.getpid()
+
+
+    if __name__ == '__main__':
+        with mitogen.master.Router() as router:
+            child = router.local()
+            result = child.call(add_one, 41)
+            child.shutdown(wait=True)
+        print(json.dumps({
+            'pid': os.getpid(),
+            'prefix': os.path.realpath(sys.prefix),
+            'result': result,
+            'path': [os.path.realpath(p) for p in mitogen.__path__],
+            'transports': sorted(
+                (ep.name, ep.value)
+                for ep in metadata.entry_points(group='mitogen.transports')),
+        }))
+''')
+
+
+@pytest.fixture(scope='module')
+def wheel_venv(tmp_path_factory):
+    """A fresh virtual environment holding the mitogen-core and
+    mitogen-master wheels built from this checkout; returns its python."""
+    for module in ('setuptools', 'wheel'):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip('%s is not installed in %s: scripts/setup installs '
+                        'it' % (module, sys.prefix))
+    base = tmp_path_factory.mktemp('wheels')
+    sources = []
+    for name in ('mitogen-core', 'mitogen-master'):
+        # Build from a copy: an in-tree build writes build/ and egg-info
+        # into the checkout that other tests import from.
+        dest = base / 'src' / name
+        shutil.copytree(
+            os.path.join(PACKAGES, name), str(dest),
+            ignore=shutil.ignore_patterns('build', '*.egg-info',
+                                          '__pycache__'))
+        sources.append(str(dest))
+    out = base / 'dist'
+    run([sys.executable, '-m', 'pip', 'wheel', '-q', '--no-deps',
+         '--no-build-isolation', '--no-index', '--disable-pip-version-check',
+         '-w', str(out)] + sources)
+    wheels = sorted(glob.glob(str(out / '*.whl')))
+    assert [os.path.basename(w).split('-')[0] for w in wheels] == [
+        'mitogen_core', 'mitogen_master']
+    venv = base / 'venv'
+    run([sys.executable, '-m', 'venv', '--without-pip', str(venv)])
+    python = str(venv / 'bin' / 'python')
+    run([sys.executable, '-m', 'pip', '--python', python, 'install', '-q',
+         '--no-index', '--no-deps', '--disable-pip-version-check'] + wheels)
+    return python
+
+
+@pytest.fixture(scope='module')
+def wheel_run(wheel_venv, tmp_path_factory):
+    """Output of :data:`WHEEL_SCRIPT` run by the wheel venv's python."""
+    work = tmp_path_factory.mktemp('wheel_run')
+    script = work / 'wheel_script.py'
+    script.write_text(WHEEL_SCRIPT)
+    return last_json(run([wheel_venv, str(script)], cwd=str(work)))
+
+
+def test_installed_wheels_start_a_child_and_call_it(wheel_run):
+    value, child_pid = wheel_run['result']
+
+    assert value == 42
+    assert child_pid != wheel_run['pid']
+
+
+def test_installed_wheels_make_mitogen_one_directory(wheel_run):
+    [path] = wheel_run['path']
+
+    assert path.startswith(wheel_run['prefix'] + os.sep)
+    assert path.endswith(os.path.join('site-packages', 'mitogen'))
+
+
+def test_installed_wheels_register_the_local_transport(wheel_run):
+    assert ['local', 'mitogen.local:Connection'] in wheel_run['transports']
+
+
+def test_checkout_and_wheels_offer_the_same_modules(wheel_venv, tmp_path):
+    installed = last_json(run([wheel_venv, '-c', DESCRIBE_PACKAGE],
+                              cwd=str(tmp_path)))
+    checkout = last_json(run([sys.executable, '-c', DESCRIBE_PACKAGE],
+                             cwd=str(tmp_path)))
+
+    assert installed['modules'] == checkout['modules']
+    assert {'core', 'parent', 'master', 'local', 'utils'} <= set(
+        installed['modules'])
+    [path] = installed['path']
+    assert all(os.path.dirname(f) == path
+               for f in installed['files'].values())
+
+
+# -- the development checkout ----------------------------------------------
+
+def test_checkout_package_spans_both_distribution_directories(tmp_path):
+    found = last_json(run([sys.executable, '-c', DESCRIBE_PACKAGE],
+                          cwd=str(tmp_path)))
+
+    core_dir, master_dir = map(os.path.realpath, (CORE_DIR, MASTER_DIR))
+    assert core_dir in found['path'] and master_dir in found['path']
+    assert os.path.dirname(found['files']['mitogen']) == core_dir
+    assert os.path.dirname(found['files']['mitogen.core']) == core_dir
+    for name in ('mitogen.parent', 'mitogen.master', 'mitogen.local',
+                 'mitogen.utils'):
+        assert os.path.dirname(found['files'][name]) == master_dir, name
+
+
+# -- metadata --------------------------------------------------------------
+
+def test_core_metadata_version_is_the_core_version():
+    assert importlib.metadata.version('mitogen-core') \
+        == mitogen.core.__version__
+    assert mitogen.__version__ == tuple(
+        int(n) for n in mitogen.core.__version__.split('.'))
+
+
+def test_master_requires_a_compatible_range_of_core():
+    from packaging.requirements import Requirement
+
+    requirements = [Requirement(r) for r in
+                    importlib.metadata.requires('mitogen-master') or ()]
+    [core] = [r for r in requirements if r.name == 'mitogen-core']
+
+    assert core.specifier.contains(mitogen.core.__version__)
+    # Compatible means bounded: a later, incompatible core is refused.
+    assert any(s.operator in ('<', '<=', '~=', '==') for s in core.specifier)
+
+
+def test_local_transport_is_registered_as_an_entry_point():
+    [ep] = [ep for ep in importlib.metadata.entry_points(
+        group='mitogen.transports') if ep.name == 'local']
+
+    assert ep.value == 'mitogen.local:Connection'
+    assert ep.load() is mitogen.local.Connection
+
+
+# -- vendoring core.py -----------------------------------------------------
+
+VENDORED_SCRIPT = r'''
+import datetime
+import decimal
+import json
+import pickle
+import sys
+import uuid
+
+import yourapp._vendor.mitogen_core as core
+
+
+def codec():
+    sent = [
+        core.Message(dst_id=2, src_id=1, auth_id=1,
+                     handle=core.CALL_FUNCTION, reply_to=1000,
+                     data=b'small body'),
+        core.Message(dst_id=3, src_id=0, auth_id=0, handle=core.SHUTDOWN,
+                     reply_to=0, data=b'\x01\x02' * 70000),
+    ]
+    wire = b''.join(b''.join(m.encode()) for m in sent)
+    decoder = core.FrameDecoder()
+    received = []
+    for i in range(0, len(wire), 4093):
+        decoder.feed(wire[i:i + 4093])
+        while True:
+            msg = decoder.next_message()
+            if msg is None:
+                break
+            received.append(msg)
+    fields = 'dst_id src_id auth_id handle reply_to data'.split()
+    return {
+        'magic': wire[:2].decode('ascii'),
+        'count': len(received),
+        'equal': [[getattr(a, f) for f in fields] ==
+                  [getattr(b, f) for f in fields]
+                  for a, b in zip(sent, received)],
+    }
+
+
+def serialization():
+    value = {
+        u'text': u'caf\xe9',
+        u'small': b'abc',
+        u'big': b'\xff' * 1000,
+        u'numbers': [1, 2.5, complex(1, 2), 10 ** 30],
+        u'set': set([1, 2]),
+        u'frozen': frozenset([u'a']),
+        u'when': datetime.datetime(2020, 1, 2, 3, 4, 5),
+        u'amount': decimal.Decimal('1.50'),
+        u'id': uuid.UUID(int=5),
+        u'blob': core.Blob(b'b' * 100),
+        u'kwargs': core.Kwargs({u'k': 1}),
+    }
+    flags, body = core.serialize(value)
+    back = core.deserialize(flags, body)
+    try:
+        core.deserialize(0, b'\x80\x02cos\nsystem\nq\x00.')
+        refused = None
+    except core.StreamError as e:
+        refused = type(e).__name__
+    return {
+        'equal': back == value,
+        'blob': type(back[u'blob']) is core.Blob,
+        'out_of_band': bool(flags & core.FLAG_OOB),
+        'refused': refused,
+    }
+
+
+result = {
+    'version': list(sys.version_info[:2]),
+    'codec': codec(),
+    'serialization': serialization(),
+    'mitogen_modules': sorted(
+        n for n in sys.modules if n == 'mitogen' or n.startswith('mitogen.')),
+}
+print(json.dumps(result))
+'''
+
+
+@pytest.fixture
+def vendored_app(tmp_path):
+    """`tmp_path` holding ``yourapp/_vendor/mitogen_core.py`` (core.py
+    alone) and ``check.py`` that exercises it."""
+    vendor = tmp_path / 'yourapp' / '_vendor'
+    vendor.mkdir(parents=True)
+    (tmp_path / 'yourapp' / '__init__.py').write_text('')
+    (vendor / '__init__.py').write_text('')
+    shutil.copy(os.path.join(CORE_DIR, 'core.py'),
+                str(vendor / 'mitogen_core.py'))
+    (tmp_path / 'check.py').write_text(VENDORED_SCRIPT)
+    return tmp_path
+
+
+@pytest.mark.parametrize('interpreter', interpreters.params(
+    ['2.7', '3.6', '3.13']), indirect=True)
+def test_vendored_core_works_alone_without_importing_mitogen(
+        interpreter, vendored_app):
+    # -E: no PYTHONPATH; -S: no site-packages, so nothing named mitogen is
+    # installed; the script's directory is sys.path[0].
+    out = last_json(run([interpreter.path, '-E', '-S', 'check.py'],
+                        cwd=str(vendored_app)))
+
+    assert out['version'] == [int(n) for n in interpreter.version.split('.')]
+    assert out['mitogen_modules'] == []
+    assert out['codec'] == {'magic': 'MI', 'count': 2, 'equal': [True, True]}
+    assert out['serialization'] == {
+        'equal': True, 'blob': True, 'out_of_band': True,
+        'refused': 'StreamError'}
+
+
+# -- every module compiles where it runs -----------------------------------
+
+COMPILE = (
+    'import py_compile, sys\n'
+    'out = sys.argv[1]\n'
+    'for i, path in enumerate(sys.argv[2:]):\n'
+    '    py_compile.compile(path, cfile="%s/%d.pyc" % (out, i), doraise=True)\n'
+)
+
+
+def package_modules():
+    return sorted(glob.glob(os.path.join(PACKAGES, '*', 'mitogen', '*.py')))
+
+
+def child_modules():
+    return [p for p in package_modules()
+            if os.path.basename(p) not in MASTER_ONLY]
+
+
+def test_child_modules_include_the_core_and_the_local_method():
+    names = {os.path.basename(p) for p in child_modules()}
+
+    assert {'__init__.py', 'core.py', 'parent.py', 'local.py',
+            'utils.py'} <= names
+
+
+def test_every_child_module_compiles_on_every_child_interpreter(
+        interpreter, tmp_path):
+    run([interpreter.path, '-E', '-S', '-c', COMPILE, str(tmp_path)]
+        + child_modules())
+
+    assert len(os.listdir(str(tmp_path))) == len(child_modules())
+
+
+@pytest.mark.parametrize('interpreter', interpreters.params(
+    ['3.9', '3.10', '3.11', '3.12', '3.13']), indirect=True)
+def test_master_modules_compile_on_every_master_interpreter(
+        interpreter, tmp_path):
+    paths = package_modules()
+
+    run([interpreter.path, '-E', '-S', '-c', COMPILE, str(tmp_path)] + paths)
+
+    assert len(os.listdir(str(tmp_path))) == len(paths)
