@@ -419,6 +419,17 @@ def test_standard_library_module_newer_than_the_child_is_not_served(
     assert router.responder.bad_load_module_count == before + 1
 
 
+@spread(['3.6', '3.13'])
+def test_refused_standard_library_module_raises_module_not_found_error(
+        router, interpreter):
+    # Standard library code probes for optional platform modules with
+    # "except ModuleNotFoundError" (subprocess imports msvcrt so): a refusal
+    # must be that type, or importing such modules breaks in children.
+    context = connect(router, interpreter)
+    assert context.call(imp_helpers.import_error_is_module_not_found,
+                        'msvcrt') is True
+
+
 def master_only_extension(master_site):
     """Put a native extension module named ``fastthing`` on the master's
     path: a copy of one of the standard library's, which the master never

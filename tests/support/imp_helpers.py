@@ -98,3 +98,15 @@ def list_resource_files(package, *parts):
     import importlib.resources as resources
     root = resources.files(package).joinpath(*parts)
     return sorted((entry.name, entry.is_dir()) for entry in root.iterdir())
+
+
+def import_error_is_module_not_found(modname):
+    """Import `modname`; return whether the failure was a
+    ModuleNotFoundError, the type code probing optional modules catches."""
+    try:
+        importlib.import_module(modname)
+    except ModuleNotFoundError:
+        return True
+    except ImportError:
+        return False
+    return None

@@ -2372,8 +2372,16 @@ class Router(object):
 # 8. The importer
 # ---------------------------------------------------------------------------
 
-class ModuleNotServed(ImportError):
-    """The parent declined to serve a module; the text says why."""
+try:
+    _NotFoundBase = ModuleNotFoundError
+except NameError:
+    _NotFoundBase = ImportError
+
+
+class ModuleNotServed(_NotFoundBase):
+    """The parent declined to serve a module; the text says why. On Python
+    3.6+ it is a ``ModuleNotFoundError``, so code probing for optional
+    modules (``except ModuleNotFoundError``) behaves as without mitogen."""
 
 
 class Importer(object):
