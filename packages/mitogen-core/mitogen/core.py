@@ -412,8 +412,12 @@ class Message(object):
     reply_to = None
     #: How the body is encoded; set by :meth:`pickled`.
     flags = 0
-    #: The body, as bytes.
-    data = b''
+    _data = b''
+    # A pickled body is kept as the list of pieces serialize_parts() made,
+    # so a large byte string is written straight from the caller's object
+    # instead of being copied into one joined body first.
+    _parts = None
+    _size = 0
     #: The :class:`Router` the message arrived on, when received.
     router = None
     #: The :class:`Receiver` the message was delivered to, when received.
@@ -426,6 +430,27 @@ class Message(object):
         self.auth_id = self.src_id
         for k, v in iteritems(kwargs):
             setattr(self, k, v)
+
+    @property
+    def data(self):
+        """The body: bytes, or for a large received message carrying
+        out-of-band buffers, a bytearray (avoiding one copy)."""
+        if self._parts is not None:
+            self._data = b''.join(self._parts)
+            self._parts = None
+        return self._data
+
+    @data.setter
+    def data(self, value):
+        self._data = value
+        self._parts = None
+
+    @property
+    def size(self):
+        """Length of the body in bytes."""
+        if self._parts is not None:
+            return self._size
+        return len(self._data)
 
     def __repr__(self):
         return 'Message(%r, %r, %r, %r, %r, %r..%d)' % (
@@ -449,7 +474,11 @@ class Message(object):
     def pickled(cls, obj, **kwargs):
         """Return a message whose body is `obj` serialized."""
         self = cls(**kwargs)
-        self.flags, self.data = serialize(obj)
+        self.flags, parts, self._size = serialize_parts(obj)
+        if len(parts) == 1:
+            self._data = parts[0]
+        else:
+            self._parts = parts
         return self
 
     def reply(self, msg, router=None, **kwargs):
@@ -488,10 +517,15 @@ class Message(object):
 
     def encode(self):
         """Return the message as a list of byte strings to write in order."""
-        data = self.data
         hdr = _header.pack(HEADER_MAGIC, self.flags, self.dst_id,
                            self.src_id, self.auth_id, self.handle,
-                           self.reply_to or 0, 0, len(data))
+                           self.reply_to or 0, 0, self.size)
+        if self._parts is not None:
+            parts = self._parts
+            if len(parts[0]) < _JOIN_LIMIT:
+                return [hdr + parts[0]] + parts[1:]
+            return [hdr] + parts
+        data = self._data
         if len(data) < _JOIN_LIMIT:
             return [hdr + data]
         return [hdr, data]
@@ -572,7 +606,12 @@ class FrameDecoder(object):
         if self._body is not None:
             if self._have < len(self._body):
                 return None
-            msg.data = bytes(self._body)
+            if msg.flags & FLAG_OOB and len(self._body) >= _JOIN_LIMIT:
+                # Only deserialize() reads these bodies: it accepts the
+                # buffer as is, which saves copying the whole body.
+                msg.data = self._body
+            else:
+                msg.data = bytes(self._body)
             self._body = None
             self._have = 0
         else:
@@ -751,12 +790,24 @@ def _needs_oob(obj, budget):
 
 def serialize(obj):
     """Serialize `obj`; return `(flags, body)`."""
+    flags, parts, _ = serialize_parts(obj)
+    if len(parts) == 1:
+        return flags, parts[0]
+    return flags, b''.join(parts)
+
+
+def serialize_parts(obj):
+    """Serialize `obj`; return `(flags, parts, size)` where the body is the
+    concatenation of the byte strings `parts`, `size` bytes long. Large
+    out-of-band byte strings appear in `parts` as the caller's own
+    objects, uncopied."""
     if not _needs_oob(obj, [64]):
         try:
-            return 0, _pickle_impl.dumps(obj, 2)
+            body = _pickle_impl.dumps(obj, 2)
         except (pickle.PicklingError, TypeError, AttributeError) as e:
             raise StreamError('cannot serialize %s: %s' % (
                 _short_repr(obj), e))
+        return 0, [body], len(body)
     buffers = []
     seen = {}
 
@@ -783,13 +834,24 @@ def serialize(obj):
             _short_repr(obj), e))
     body = fp.getvalue()
     if not buffers:
-        return 0, body
-    parts = [_oob_header.pack(len(buffers))]
-    parts.extend(_oob_len.pack(len(b)) for b in buffers)
-    parts.append(_oob_header.pack(len(body)))
-    parts.append(body)
-    parts.extend(buffers)
-    return FLAG_OOB, b''.join(parts)
+        return 0, [body], len(body)
+    head = [_oob_header.pack(len(buffers))]
+    head.extend(_oob_len.pack(len(b)) for b in buffers)
+    head.append(_oob_header.pack(len(body)))
+    head.append(body)
+    parts = []
+    pending = head
+    for buf in buffers:
+        if len(buf) < _JOIN_LIMIT:
+            pending.append(buf)
+        else:
+            parts.append(b''.join(pending))
+            parts.append(buf)
+            pending = []
+    if pending:
+        parts.append(b''.join(pending))
+    size = sum(len(p) for p in parts)
+    return FLAG_OOB, parts, size
 
 
 def _short_repr(obj):
@@ -2321,9 +2383,9 @@ class Router(object):
             LOG.error('%r: dropped %r: unidirectional routing forbids '
                       'messages between children', self, msg)
             return
-        if len(msg.data) > self.max_message_size:
+        if msg.size > self.max_message_size:
             reason = ('message of %d bytes exceeds max_message_size of %d '
-                      'bytes' % (len(msg.data), self.max_message_size))
+                      'bytes' % (msg.size, self.max_message_size))
             if not msg.reply_to and not msg.is_dead:
                 # A reply (or a Sender's message) has nobody to answer: tell
                 # its recipient instead, so a caller waiting for it fails
