@@ -316,7 +316,8 @@ class Blob(BytesType):
 
 
 class Secret(UnicodeType):
-    """Text whose :func:`repr` and :func:`str` hide the value (passwords)."""
+    """Text whose :func:`repr` hides the value (passwords), so it never
+    appears in logs or tracebacks; ``str()`` still returns it, for use."""
 
     def __repr__(self):
         return '[secret]'
