@@ -1090,6 +1090,10 @@ class Latch(object):
         """True when no item is queued."""
         return self.size() == 0
 
+    #: Called with the latch after each :meth:`put`, outside its lock
+    #: (used by :class:`mitogen.select.Select`).
+    notify = None
+
     def put(self, obj=None):
         """Queue `obj`, waking one waiter."""
         with self._lock:
@@ -1102,6 +1106,8 @@ class Latch(object):
                     w[1] = True
                     w[0].release()
                     break
+        if self.notify is not None:
+            self.notify(self)
 
     def get(self, timeout=None, block=True):
         """Return the next item.
@@ -2343,6 +2349,17 @@ class Router(object):
             LOG.exception('%r: handler %r for %r failed', self, fn, msg)
 
     def _verify_source(self, msg, in_stream):
+        if in_stream.protocol.auth_id is not None:
+            # The stream stamps every message with a fixed authority (e.g. a
+            # local client accepted by a listener acts with ours); only the
+            # claimed source remains to check.
+            expect = self.stream_by_id(msg.src_id)
+            if in_stream is not expect:
+                LOG.error('%r: dropped %r: it arrived on %r but src_id %r '
+                          'is reached through %r', self, msg, in_stream,
+                          msg.src_id, expect)
+                return False
+            return True
         expect = self.stream_by_id(msg.auth_id)
         if in_stream is not expect:
             LOG.error('%r: dropped %r: it arrived on %r but auth_id %r is '
