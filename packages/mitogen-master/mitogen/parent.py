@@ -714,6 +714,7 @@ def check_local_core():
 # metadata is unavailable (in children, which have no installed metadata).
 BUILTIN_TRANSPORTS = {
     'local': 'mitogen.local:Connection',
+    'fork': 'mitogen.fork:Connection',
 }
 
 _transport_cache = {}
@@ -827,6 +828,24 @@ class Router(mitogen.core.Router):
     def local(self, **kwargs):
         """Start a child Python on this machine; see :class:`Options`."""
         return self.connect(u'local', **kwargs)
+
+    def fork(self, **kwargs):
+        """Fork this process (or, with `via=`, another context) into a new
+        child context; see :class:`mitogen.fork.Options`."""
+        return self.connect(u'fork', **kwargs)
+
+    def __getattr__(self, name):
+        # router.<method>(**kwargs) for every installed connection method,
+        # including third-party ones.
+        if name.startswith('_'):
+            raise AttributeError(name)
+        try:
+            resolve_transport(name)
+        except mitogen.core.Error:
+            raise AttributeError('%r has no attribute %r and no connection '
+                                 'method of that name is installed'
+                                 % (type(self).__name__, name))
+        return lambda **kwargs: self.connect(name, **kwargs)
 
     def _on_stream_shutdown(self, stream):
         if stream.protocol.is_privileged:
