@@ -2168,8 +2168,10 @@ class Router(object):
         self._registered_types = {}
         self._handle_counter = itertools.count(FIRST_USER_HANDLE)
         self.parent_stream = None
+        self.add_handler(self._on_add_route, ADD_ROUTE,
+                         policy=self._from_immediate_child)
         self.add_handler(self._on_del_route, DEL_ROUTE,
-                         policy=has_parent_authority)
+                         policy=self._from_immediate_child)
 
     def __repr__(self):
         return 'Router(%r)' % (self.broker,)
@@ -2242,15 +2244,98 @@ class Router(object):
         if ctx is not None:
             ctx.on_disconnect()
 
+    # Routes to contexts this one did not start itself are learned from
+    # ADD_ROUTE messages that travel upward: the context that starts a child
+    # tells its parent, which tells its own parent, and so on to the master.
+    # Only an immediate child may add or delete a route, only through its
+    # own stream, and never for this context, its ancestors, or an ID
+    # already reached another way; so a compromised context can at most
+    # affect routes into its own subtree.
+
+    def _from_immediate_child(self, msg, stream):
+        if stream is None or stream.protocol.is_privileged or \
+                stream.protocol.remote_id != msg.src_id or \
+                msg.auth_id != msg.src_id:
+            LOG.error('%r: ignored %r: routes are only accepted from an '
+                      'immediate child', self, msg)
+            return False
+        return True
+
+    def _may_route(self, target_id, stream):
+        """True when `stream` may become the route to `target_id`."""
+        pkg = _package_module()
+        ancestors = pkg.parent_ids if pkg is not None else []
+        if not isinstance(target_id, integer_types) or target_id <= 0 or \
+                target_id == self.context_id or target_id in ancestors:
+            return False
+        current = self._stream_by_id.get(target_id)
+        return current is None or current is stream
+
+    def _on_add_route(self, msg):
+        if msg.is_dead:
+            return
+        stream = self._stream_by_id.get(msg.src_id)
+        try:
+            target_id, name = msg.unpickle()
+        except (StreamError, TypeError, ValueError):
+            LOG.error('%r: bad ADD_ROUTE %r', self, msg)
+            return
+        if not self._may_route(target_id, stream):
+            LOG.error('%r: refused ADD_ROUTE for %r from %r', self,
+                      target_id, stream)
+            return
+        owner_of = getattr(self, '_route_owner', None)
+        if owner_of is not None:
+            # The master knows which context each ID was given to: the route
+            # must come from the subtree holding that context.
+            owner = owner_of(target_id)
+            if not owner or self._stream_by_id.get(owner) is not stream:
+                LOG.error('%r: refused ADD_ROUTE for %r from %r: that ID was '
+                          'not allocated to its subtree', self, target_id,
+                          stream)
+                return
+        parent = self._context_by_id.get(msg.src_id)
+        if name is not None and parent is not None and parent.name:
+            name = u'%s.%s' % (parent.name, to_text(name))
+        self.add_route(target_id, stream)
+        ctx = self.context_by_id(target_id, name=name)
+        if ctx.name is None:
+            ctx.name = name
+        LOG.debug('%r: route to %r via %r', self, ctx, stream)
+        self.propagate_route(target_id, name)
+
+    def propagate_route(self, target_id, name):
+        """Tell the parent (if any) that `target_id`, called `name` here,
+        is reached through this context."""
+        if self.parent_stream is not None and \
+                not self.parent_stream.disconnected:
+            self.parent_stream.protocol.send(Message.pickled(
+                (target_id, name), dst_id=self.parent_stream.protocol.remote_id,
+                handle=ADD_ROUTE, src_id=self.context_id,
+                auth_id=self.context_id))
+
+    def propagate_del_route(self, target_id):
+        """Tell the parent (if any) that `target_id` is gone."""
+        if self.parent_stream is not None and \
+                not self.parent_stream.disconnected:
+            self.parent_stream.protocol.send(Message.pickled(
+                target_id, dst_id=self.parent_stream.protocol.remote_id,
+                handle=DEL_ROUTE, src_id=self.context_id,
+                auth_id=self.context_id))
+
     def _on_del_route(self, msg):
         if msg.is_dead:
             return
-        target_id = int(msg.data)
-        stream = self._stream_by_id.get(target_id)
-        if stream is not None and stream.protocol.remote_id == target_id:
-            # We reach it directly: only its own stream ending removes it.
+        try:
+            target_id = msg.unpickle()
+        except StreamError:
+            return
+        stream = self._stream_by_id.get(msg.src_id)
+        if target_id == msg.src_id or \
+                self._stream_by_id.get(target_id) is not stream:
             return
         self.del_route(target_id)
+        self.propagate_del_route(target_id)
 
     def add_handler(self, fn, handle=None, persist=True, policy=None,
                     respondent=None, overwrite=False):
@@ -2400,6 +2485,9 @@ class Router(object):
                 not out.protocol.is_privileged):
             LOG.error('%r: dropped %r: unidirectional routing forbids '
                       'messages between children', self, msg)
+            self._maybe_send_dead(msg, 'unidirectional routing forbids '
+                                  'messages between children of context %r',
+                                  self.context_id)
             return
         if msg.size > self.max_message_size:
             reason = ('message of %d bytes exceeds max_message_size of %d '
@@ -2437,6 +2525,8 @@ class Router(object):
                 if ctx is not None and target_id != \
                         stream.protocol.remote_id:
                     ctx.on_disconnect()
+                if target_id != stream.protocol.remote_id:
+                    self.propagate_del_route(target_id)
         if stream is self.parent_stream:
             LOG.debug('%r: parent stream disconnected; shutting down',
                       self)
@@ -2678,8 +2768,42 @@ class Importer(object):
                     self._present[fullname] = [to_native(n)
                                                for n in tup[1]]
             callbacks = self._callbacks.pop(fullname, [])
-        for latch in callbacks:
-            latch.put(None)
+        self._run_callbacks(callbacks)
+
+    @staticmethod
+    def _run_callbacks(callbacks):
+        for callback in callbacks:
+            if isinstance(callback, Latch):
+                callback.put(None)
+                continue
+            try:
+                callback()
+            except Exception:
+                LOG.exception('importer callback %r failed', callback)
+
+    def request_module(self, fullname, callback):
+        """Arrange for `callback()` to run once `fullname` is cached or
+        known absent, asking the parent only if nobody has yet. Never
+        blocks, so it is safe on the broker thread (the module forwarder of
+        an intermediate context uses it)."""
+        with self._lock:
+            known = fullname in self._cache or fullname in self._absent
+            if not known:
+                pkgname = fullname.rpartition('.')[0]
+                present = self._present.get(pkgname)
+                if pkgname and present is not None and \
+                        fullname not in present:
+                    self._absent[fullname] = u'not in its package on the parent'
+                    known = True
+            if not known:
+                waiting = fullname in self._callbacks
+                self._callbacks.setdefault(fullname, []).append(callback)
+        if known:
+            callback()
+        elif not waiting:
+            self.requests.append(fullname)
+            self._context.send(Message(data=fullname.encode('utf-8'),
+                                       handle=GET_MODULE))
 
     def _get_module(self, fullname):
         with self._lock:
@@ -2712,8 +2836,7 @@ class Importer(object):
                 self._absent.setdefault(
                     fullname, 'the parent context disconnected')
         for _, latches in callbacks:
-            for latch in latches:
-                latch.put(None)
+            self._run_callbacks(latches)
 
     def import_error(self, fullname):
         """Return the :class:`ImportError` explaining why `fullname` was not
@@ -3043,6 +3166,7 @@ class ExternalContext(object):
         self.broker = Broker()
         self.router = Router(self.broker)
         self.router._my_name = self.config.get('name')
+        self.router.unidirectional = bool(self.config.get('unidirectional'))
         for key in self.config.get('registered_types', ()):
             self.router._registered_types[tuple(key)] = 'lazy'
         parent_id = self.config['parent_ids'][0]

@@ -1094,6 +1094,37 @@ class ModuleResponder:
         sent.add(fullname)
         self._send(msg.src_id, tup)
 
+    def forward_modules(self, context, fullnames):
+        """Send the modules `fullnames` (and the packages holding them) to
+        `context` before it asks. For a context reached through
+        intermediates, each intermediate on the way caches them too and the
+        last one delivers them (:data:`mitogen.core.FORWARD_MODULE`)."""
+        path = []
+        via = getattr(context, 'via', None)
+        while via is not None:
+            path.insert(0, via)
+            via = getattr(via, 'via', None)
+        names = []
+        for fullname in fullnames:
+            parts = fullname.split('.')
+            for i in range(1, len(parts) + 1):
+                name = '.'.join(parts[:i])
+                if name not in names:
+                    names.append(name)
+        for name in names:
+            tup = self._build_tuple(name)
+            if tup[3] is None:
+                continue
+            for hop in path or [context]:
+                sent = self._sent.setdefault(hop.context_id, set())
+                if name not in sent:
+                    sent.add(name)
+                    self._send(hop.context_id, tup)
+            if path:
+                self._router.route(mitogen.core.Message.pickled(
+                    (context.context_id, name), dst_id=path[-1].context_id,
+                    handle=mitogen.core.FORWARD_MODULE))
+
     def _on_get_resource(self, msg):
         if msg.is_dead:
             return

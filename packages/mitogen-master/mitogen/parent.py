@@ -622,6 +622,7 @@ class Connection(object):
             'pkg_present': _mitogen_pkg_present(),
             'registered_types': [list(k) for k in router._registered_types],
             'remote_name': self.options.remote_name,
+            'unidirectional': self.options.unidirectional,
         }
 
     def connect(self, context_id, name_hint=None):
@@ -763,15 +764,31 @@ class Router(mitogen.core.Router):
 
     def __init__(self, broker):
         super(Router, self).__init__(broker)
+        self._init_parent()
+
+    def _init_parent(self):
         self._id_lock = threading.Lock()
-        self._next_id = itertools.count(1)
+        self._id_block = iter(())
         self._conns = {}
         self._reaped = {}
+        if mitogen.is_master:
+            self.id_allocator = IdAllocator(self)
 
     def allocate_id(self):
-        """Return a new context ID."""
+        """Return a new context ID: from the master's counter in the master,
+        else from a block of IDs requested from the master with
+        :data:`mitogen.core.ALLOCATE_ID`."""
+        if mitogen.is_master:
+            return self.id_allocator.allocate()
         with self._id_lock:
-            return next(self._next_id)
+            for context_id in self._id_block:
+                return context_id
+            master = mitogen.core.Context(self, 0)
+            start, end = master.send_await(mitogen.core.Message(
+                handle=mitogen.core.ALLOCATE_ID))
+            LOG.debug('%r: allocated IDs %d..%d', self, start, end - 1)
+            self._id_block = iter(range(start + 1, end))
+            return start
 
     def __enter__(self):
         return self
@@ -786,7 +803,7 @@ class Router(mitogen.core.Router):
         klass = resolve_transport(method_name)
         via = kwargs.pop('via', None)
         if via is not None:
-            raise mitogen.core.Error('via= is not supported by this router')
+            return self.proxy_connect(via, method_name, klass, name, kwargs)
         kwargs.setdefault('max_message_size', self.max_message_size)
         kwargs.setdefault('unidirectional', self.unidirectional)
         if name is not None:
@@ -794,6 +811,33 @@ class Router(mitogen.core.Router):
         options = klass.options_class(**kwargs)
         conn = klass(options, self)
         return self._connect(conn)
+
+    def proxy_connect(self, via_context, method_name, klass, name, kwargs):
+        """Start a child of `via_context` with connection method
+        `method_name` and return its :class:`Context`, named after
+        `via_context` (``<via name>.<name>``).
+
+        The intermediate needs nothing installed: it receives the module of
+        the connection method through its importer."""
+        target = '%s:%s' % (klass.__module__, klass.__name__)
+        if name is not None:
+            kwargs['name'] = name
+        kwargs.setdefault('max_message_size', self.max_message_size)
+        kwargs.setdefault('unidirectional', self.unidirectional)
+        try:
+            context_id, child_name = via_context.call(
+                _proxy_connect, target, _encode_callables(kwargs))
+        except mitogen.core.CallError as e:
+            raise _proxy_error(e, via_context)
+        child_name = u'%s.%s' % (via_context.name, child_name)
+        context = self.context_by_id(context_id, name=child_name)
+        context.name = child_name
+        context.via = via_context
+        if self.stream_by_id(context_id) is None:
+            raise mitogen.core.StreamError(
+                '%s started %s, but no route to it was announced'
+                % (via_context.name, child_name))
+        return context
 
     def _connect(self, conn):
         check_local_core()
@@ -821,6 +865,7 @@ class Router(mitogen.core.Router):
             self.broker.start_receive(err)
         if rest:
             self.broker.defer(stream.protocol.on_receive, self.broker, rest)
+        self.propagate_route(context_id, conn.name)
         LOG.debug('%r: connected %r (pid %s, Python %s)', self, context,
                   conn.pid, conn.remote_python_version)
         return context
@@ -856,11 +901,16 @@ class Router(mitogen.core.Router):
             src_id=self.context_id, auth_id=self.context_id))
 
     def _on_child_disconnect(self, context_id):
+        # Ancestors learn the context is gone only once its process is, so
+        # shutdown(wait=True) from any of them means "nothing left running".
         conn = self._conns.pop(context_id, None)
         if conn is None or conn.proc is None:
             self._reaped[context_id].put(None)
+            self.propagate_del_route(context_id)
             return
-        Reaper(self.broker, conn.proc, self._reaped[context_id]).start()
+        reaper = Reaper(self.broker, conn.proc, self._reaped[context_id])
+        reaper.on_done = lambda: self.propagate_del_route(context_id)
+        reaper.start()
 
     def _wait_reaped(self, context, timeout=10.0):
         latch = self._reaped.get(context.context_id)
@@ -885,6 +935,199 @@ class Router(mitogen.core.Router):
             self.disconnect(self.context_by_id(context_id))
 
 
+#: Number of context IDs handed to a child in one ALLOCATE_ID reply.
+ID_BLOCK_SIZE = 1000
+
+
+class IdAllocator(object):
+    """Hands out context IDs in the master: one at a time to the master's
+    own router, in blocks to children that start children of their own
+    (:data:`mitogen.core.ALLOCATE_ID`). It remembers which context received
+    each block, so a route announced for an ID can be checked against the
+    subtree that owns it."""
+
+    def __init__(self, router):
+        self.router = router
+        self.lock = threading.Lock()
+        self.next_id = 1
+        self._blocks = []
+        router.add_handler(self._on_allocate_id, mitogen.core.ALLOCATE_ID)
+        router._route_owner = self.owner_of
+
+    def __repr__(self):
+        return 'IdAllocator(next_id=%d)' % (self.next_id,)
+
+    def allocate(self):
+        """Return one new ID."""
+        with self.lock:
+            context_id = self.next_id
+            self.next_id += 1
+            return context_id
+
+    def allocate_block(self, owner_id):
+        """Return `(start, end)`: IDs start..end-1 now belong to
+        `owner_id`."""
+        with self.lock:
+            start = self.next_id
+            self.next_id += ID_BLOCK_SIZE
+            self._blocks.append((start, self.next_id, owner_id))
+            return start, self.next_id
+
+    def owner_of(self, context_id):
+        """The context that was given `context_id` in a block, 0 if the
+        master allocated it itself, or None if it was never allocated."""
+        with self.lock:
+            if context_id >= self.next_id:
+                return None
+            for start, end, owner in self._blocks:
+                if start <= context_id < end:
+                    return owner
+        return 0
+
+    def _on_allocate_id(self, msg):
+        if msg.is_dead:
+            return
+        start, end = self.allocate_block(msg.src_id)
+        LOG.debug('%r: IDs %d..%d to context %d', self, start, end - 1,
+                  msg.src_id)
+        msg.reply((start, end))
+
+
+def upgrade_router(econtext):
+    """Give the router of a child context the abilities of a parent (start
+    children, allocate IDs, forward modules) the first time it needs them.
+    Returns the router."""
+    router = econtext.router
+    if not isinstance(router, Router):
+        router.__class__ = Router
+        router._init_parent()
+        router.forwarder = ModuleForwarder(router, econtext.parent,
+                                           econtext.importer)
+    return router
+
+
+class ModuleForwarder(object):
+    """Serves :data:`mitogen.core.GET_MODULE` in a context that started
+    children: from its own importer's cache when it has the module, else by
+    asking its parent once, however many descendants ask. Like the master,
+    it first sends the requested module's related modules that it holds and
+    the requester has not been sent, so preloading works at every hop.
+
+    :data:`mitogen.core.FORWARD_MODULE` ``(context_id, fullname)`` from an
+    ancestor asks it to send a module it holds to a descendant ahead of
+    time."""
+
+    def __init__(self, router, parent, importer):
+        self.router = router
+        self.parent = parent
+        self.importer = importer
+        self._sent = {}
+        router.add_handler(self._on_get_module, mitogen.core.GET_MODULE)
+        router.add_handler(self._on_forward_module,
+                           mitogen.core.FORWARD_MODULE,
+                           policy=mitogen.core.has_parent_authority)
+
+    def __repr__(self):
+        return 'ModuleForwarder'
+
+    def _on_get_module(self, msg):
+        if msg.is_dead:
+            return
+        fullname = mitogen.core.to_native(msg.data.decode('utf-8',
+                                                          'replace'))
+        dst_id = msg.src_id
+        self.importer.request_module(
+            fullname, lambda: self._send(dst_id, fullname, preload=True))
+
+    def _on_forward_module(self, msg):
+        if msg.is_dead:
+            return
+        context_id, fullname = msg.unpickle()
+        fullname = mitogen.core.to_native(fullname)
+        self.importer.request_module(
+            fullname, lambda: self._send(context_id, fullname, preload=True))
+
+    def _tuple(self, fullname):
+        tup = self.importer._cache.get(fullname)
+        if tup is not None:
+            return tup
+        reason = None
+        if fullname in self.importer._refused:
+            reason = self.importer._absent.get(fullname)
+        return (fullname, None, None, None, reason)
+
+    def _send(self, dst_id, fullname, preload):
+        tup = self._tuple(fullname)
+        sent = self._sent.setdefault(dst_id, set())
+        if preload and tup[3] is not None:
+            for name in tup[4] or ():
+                name = mitogen.core.to_native(name)
+                if name in sent or name not in self.importer._cache:
+                    continue
+                self._send(dst_id, name, preload=False)
+        sent.add(fullname)
+        self.router.route(mitogen.core.Message.pickled(
+            tup, dst_id=dst_id, handle=mitogen.core.LOAD_MODULE))
+
+
+def _encode_callables(kwargs):
+    # Functions cannot travel through the restricted unpickler; they travel
+    # by name and the intermediate imports them.
+    out = {}
+    for key, value in kwargs.items():
+        if callable(value):
+            value = ('__mitogen_callable__',) + _describe_function(value)
+        out[key] = value
+    return out
+
+
+def _decode_callables(kwargs):
+    out = {}
+    for key, value in kwargs.items():
+        key = mitogen.core.to_native(key)
+        if isinstance(value, tuple) and len(value) == 4 and \
+                value[0] == '__mitogen_callable__':
+            _, modname, klass, fname = value
+            modname = mitogen.core.to_native(modname)
+            __import__(modname)
+            obj = sys.modules[modname]
+            if klass:
+                obj = getattr(obj, mitogen.core.to_native(klass))
+            value = getattr(obj, mitogen.core.to_native(fname))
+        elif isinstance(value, list):
+            value = [mitogen.core.to_text(v)
+                     if isinstance(v, mitogen.core.BytesType) else v
+                     for v in value]
+        out[key] = value
+    return out
+
+
+@mitogen.core.takes_econtext
+def _proxy_connect(target, kwargs, econtext):
+    """Run in an intermediate context by :meth:`Router.proxy_connect`: start
+    a child with the connection class named by `target` ("module:Class")."""
+    router = upgrade_router(econtext)
+    modname, _, attr = mitogen.core.to_native(target).partition(':')
+    __import__(modname)
+    klass = getattr(sys.modules[modname], attr)
+    options = klass.options_class(**_decode_callables(kwargs))
+    context = router._connect(klass(options, router))
+    return context.context_id, context.name
+
+
+# Connection errors raised in an intermediate come back as CallError; the
+# caller gets the same exception type it would get for a direct connection.
+_PROXY_ERRORS = {}
+
+
+def _proxy_error(e, via_context):
+    name = (e.type_name or '').rpartition('.')[2]
+    cls = _PROXY_ERRORS.get(name)
+    if cls is None:
+        return e
+    return cls('%s (via %s)' % (e.remote_message, via_context.name))
+
+
 class Reaper(object):
     """Waits for a disconnected child process to exit, on the broker thread,
     escalating to SIGTERM then SIGKILL if it lingers, so no process is left
@@ -904,10 +1147,15 @@ class Reaper(object):
         mitogen.core.listen(self.broker, 'exit', self._on_broker_exit)
         self._poll()
 
+    #: Called once the process is gone.
+    on_done = None
+
     def _done(self):
         if self.latch is not None:
             self.latch.put(None)
             self.latch = None
+            if self.on_done is not None:
+                self.on_done()
         mitogen.core.unlisten(self.broker, 'exit', self._on_broker_exit)
 
     def _poll(self):
@@ -945,3 +1193,11 @@ class Reaper(object):
                 select.select([], [], [], 0.01)
         self._done()
 
+
+
+_PROXY_ERRORS.update({
+    'EofError': EofError,
+    'CoreVersionError': CoreVersionError,
+    'TimeoutError': mitogen.core.TimeoutError,
+    'StreamError': mitogen.core.StreamError,
+})
