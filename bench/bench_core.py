@@ -129,6 +129,32 @@ def bench_roundtrip(opts):
          per_child_median_us=per_child, n=len(samples))
 
 
+def bench_twohop(opts):
+    """A chain master -> middle -> leaf: starting a new leaf through an
+    existing middle context (+ its first call), and the round trip of a
+    call to the leaf, which every message makes through the middle."""
+    leaves, calls, warm = (3, 200, 20) if opts.quick else (10, 500, 50)
+    boot, samples = [], []
+    with mitogen.master.Router() as router:
+        middle = new_child(router)
+        middle.call(noop)
+        for _ in range(leaves):
+            t0 = time.perf_counter()
+            leaf = router.local(via=middle, python_path=sys.executable)
+            leaf.call(noop)
+            boot.append(time.perf_counter() - t0)
+            for _ in range(warm):
+                leaf.call(noop)
+            for _ in range(calls // leaves):
+                t0 = time.perf_counter()
+                leaf.call(noop)
+                samples.append(time.perf_counter() - t0)
+            leaf.shutdown(wait=True)
+        middle.shutdown(wait=True)
+    emit('twohop', new_leaf_ms=median(boot) * 1e3,
+         roundtrip_us=median(samples) * 1e6, leaves=leaves)
+
+
 def bench_pipelined(opts):
     """Calls per second with many calls in flight: call_async N times, then
     collect every result."""
@@ -292,6 +318,7 @@ def bench_import(opts):
 BENCHES = [
     ('bootstrap', bench_bootstrap),
     ('roundtrip', bench_roundtrip),
+    ('twohop', bench_twohop),
     ('pipelined', bench_pipelined),
     ('bulk_4MiB', lambda opts: bench_bulk(opts, 4)),
     ('bulk_32MiB', lambda opts: bench_bulk(opts, 32)),
