@@ -11,11 +11,17 @@ from __future__ import annotations
 import ast
 import dataclasses
 import importlib.machinery
+import logging
 import os
 import re
 import sys
 import sysconfig
 import types
+import zlib
+
+import mitogen
+import mitogen.core
+import mitogen.parent
 
 
 # ---- Module finder ----
@@ -960,16 +966,7 @@ class ModuleFinder:
 # Serving modules to children
 # ---------------------------------------------------------------------------
 
-import logging as _logging
-import sys as _sys
-import threading as _threading
-import zlib as _zlib
-
-import mitogen
-import mitogen.core
-import mitogen.parent
-
-_LOG = _logging.getLogger('mitogen')
+_LOG = logging.getLogger('mitogen')
 
 
 #: What a child gets when it imports ``mitogen.master``: this module is
@@ -1015,7 +1012,6 @@ class ModuleResponder:
     def __init__(self, router):
         self._router = router
         self._finder = ModuleFinder()
-        self._lock = _threading.Lock()
         self._cache = {}
         #: context_id -> names already sent to it
         self._sent = {}
@@ -1038,7 +1034,7 @@ class ModuleResponder:
             return tup
         if fullname == 'mitogen.master':
             tup = (fullname, None, 'mitogen/master.py',
-                   mitogen.core.Blob(_zlib.compress(CHILD_MASTER_STUB)), [])
+                   mitogen.core.Blob(zlib.compress(CHILD_MASTER_STUB)), [])
             self._cache[fullname] = tup
             return tup
         reason = self._finder.why_not_served(fullname)
@@ -1053,7 +1049,7 @@ class ModuleResponder:
             if src.is_pkg and pkg_present is None:
                 pkg_present = []
             tup = (fullname, pkg_present, src.path,
-                   mitogen.core.Blob(_zlib.compress(src.source, 6)),
+                   mitogen.core.Blob(zlib.compress(src.source, 6)),
                    related)
         if fullname != '__main__':
             self._cache[fullname] = tup
@@ -1171,7 +1167,7 @@ class LogForwarder:
         logger = self._cache.get(msg.src_id)
         if logger is None or logger.name != 'mitogen.ctx.%s' % (
                 context.name,):
-            logger = _logging.getLogger('mitogen.ctx.%s' % (
+            logger = logging.getLogger('mitogen.ctx.%s' % (
                 context.name or msg.src_id,))
             self._cache[msg.src_id] = logger
         if logger.isEnabledFor(level):
@@ -1216,7 +1212,5 @@ class Router(mitogen.parent.Router):
     def enable_debug(self):
         """Log at DEBUG level in this process and every child started after
         this call."""
-        _logging.getLogger('mitogen').setLevel(_logging.DEBUG)
+        logging.getLogger('mitogen').setLevel(logging.DEBUG)
 
-
-_ = _sys
