@@ -3143,6 +3143,10 @@ class ExternalContext(object):
     """
     detached = False
 
+    #: Called as ``on_start(econtext)`` once the context is set up, just
+    #: before it starts serving calls (used by :mod:`mitogen.fork`).
+    on_start = None
+
     def __init__(self, config):
         self.config = config
 
@@ -3300,6 +3304,8 @@ class ExternalContext(object):
         self._setup_stdio()
         LOG.debug('%r: started, parent %r', self, self.parent)
         try:
+            if self.on_start is not None:
+                self.on_start(self)
             self.dispatcher.run()
         finally:
             self.broker.shutdown()

@@ -416,6 +416,11 @@ class Connection(object):
     and writes ``MITO001 <protocol> <core version> <python version>\\n``
     when the core is running; from then on stdin/stdout carry messages.
 
+    .. attribute:: tty_fd
+
+        The master side of a pseudo-terminal given to the child, for methods
+        whose login program asks for a password on its terminal, or None.
+
     .. attribute:: stderr_fd
 
        Descriptor reading the child's stderr while it starts, or None; set
@@ -433,6 +438,8 @@ class Connection(object):
         self.options = options
         self._router = router
         self.proc = None
+        self.stderr_fd = None
+        self.tty_fd = None
         self._output = []
 
     def __repr__(self):
@@ -477,9 +484,11 @@ class Connection(object):
         self.stderr_fd = err_r
         return proc, fd
 
-    def on_output(self, data):
-        """Inspect output received before the child is ready; may answer
-        prompts. The default does nothing."""
+    def on_output(self, data, fd):
+        """Inspect output received before the child is ready: `data` was
+        read from `fd` (the stream, :attr:`stderr_fd` or :attr:`tty_fd`).
+        Methods that log in (sudo, su, ssh) answer password prompts here, or
+        raise to fail the connection. The default does nothing."""
 
     def _fail_text(self):
         data = b''.join(self._output)[-2000:]
@@ -497,8 +506,9 @@ class Connection(object):
         """Read `fd` and the stderr pipe until `marker` appears on `fd`;
         return the bytes after the marker line."""
         fds = [fd]
-        if self.stderr_fd is not None:
-            fds.append(self.stderr_fd)
+        for extra in (self.stderr_fd, self.tty_fd):
+            if extra is not None and extra != fd:
+                fds.append(extra)
         while True:
             idx = data.find(marker)
             if idx >= 0:
@@ -535,13 +545,13 @@ class Connection(object):
                     data += chunk
                     if marker not in data:
                         self._output.append(chunk)
-                    self.on_output(chunk)
+                    self.on_output(chunk, rfd)
                 else:
                     if not chunk:
                         fds.remove(rfd)
                         continue
                     self._output.append(chunk)
-                    self.on_output(chunk)
+                    self.on_output(chunk, rfd)
 
     def _exit_text(self):
         if self.proc is None or self.proc.returncode is None:
@@ -631,6 +641,7 @@ class Connection(object):
         plus bytes already received after the handshake."""
         deadline = now() + self.options.connect_timeout
         self.stderr_fd = None
+        self.tty_fd = None
         argv = self.get_boot_command()
         LOG.debug('%r: starting %r', self, argv[:len(argv) - 1])
         self.proc, fd = self.start_child(argv)
@@ -639,9 +650,11 @@ class Connection(object):
             return self._handshake(fd, context_id, deadline)
         except BaseException:
             os.close(fd)
-            if self.stderr_fd is not None:
-                os.close(self.stderr_fd)
-                self.stderr_fd = None
+            for attr in ('stderr_fd', 'tty_fd'):
+                extra = getattr(self, attr)
+                if extra is not None and extra != fd:
+                    os.close(extra)
+                setattr(self, attr, None)
             if self.proc.poll() is None:
                 try:
                     self.proc.kill()
@@ -854,14 +867,20 @@ class Router(mitogen.core.Router):
         mitogen.core.listen(stream, 'disconnect',
                             lambda: self._on_child_disconnect(context_id))
         self.register(context, stream)
-        if conn.stderr_fd is not None:
+        for attr in ('stderr_fd', 'tty_fd'):
+            # Whatever the child or its login program writes there later
+            # is logged; a pty master also must stay open for the child's
+            # whole life, or its session gets SIGHUP.
+            extra = getattr(conn, attr, None)
+            if extra is None or extra == fd:
+                continue
             err = mitogen.core.Stream(
                 mitogen.core.IoLoggerProtocol(u'mitogen.ctx.%s' % conn.name,
                                               logging.INFO),
-                name=u'stderr.%s' % (conn.name,))
-            err.accept(conn.stderr_fd, conn.stderr_fd)
+                name=u'%s.%s' % (attr[:-3], conn.name))
+            err.accept(extra, extra)
             err.receive_side.keep_alive = False
-            conn.stderr_fd = None
+            setattr(conn, attr, None)
             self.broker.start_receive(err)
         if rest:
             self.broker.defer(stream.protocol.on_receive, self.broker, rest)
