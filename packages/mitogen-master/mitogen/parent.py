@@ -9,6 +9,9 @@ context, the :class:`Connection` base that connection methods build on,
 This module runs in children too, so it is written for Python 2.7 and 3.6+.
 """
 
+# Python 2 would take "import select" for mitogen.select, a sibling module.
+from __future__ import absolute_import
+
 import base64
 import errno
 import itertools
@@ -729,6 +732,11 @@ def check_local_core():
 BUILTIN_TRANSPORTS = {
     'local': 'mitogen.local:Connection',
     'fork': 'mitogen.fork:Connection',
+    'sudo': 'mitogen.sudo:Connection',
+    'su': 'mitogen.su:Connection',
+    'doas': 'mitogen.doas:Connection',
+    'ssh': 'mitogen.ssh:Connection',
+    'paramiko': 'mitogen.paramiko:Connection',
 }
 
 _transport_cache = {}

@@ -1,0 +1,38 @@
+"""Master program for tests/test_plugins.py: run with the example transport
+installed on its sys.path (only there). Prints one JSON line of results."""
+import json
+import os
+import sys
+
+import mitogen.core
+import mitogen.master
+
+
+def label():
+    return os.environ.get('MITOGEN_EXAMPLE_LABEL')
+
+
+def run(router):
+    out = {}
+    ctx = router.connect('example', label='direct')
+    out['direct'] = [ctx.name.split('.')[0], ctx.call(label)]
+    ctx = router.example(label='attribute')
+    out['attribute'] = [ctx.name.split('.')[0], ctx.call(label)]
+    middle = router.local()
+    ctx = router.example(via=middle, label='proxied')
+    out['via'] = [ctx.name, middle.name, ctx.call(label)]
+    try:
+        router.connect('no-such-method')
+    except mitogen.core.Error as e:
+        out['missing'] = str(e)
+    try:
+        router.no_such_method
+    except AttributeError as e:
+        out['missing_attr'] = str(e)
+    return out
+
+
+if __name__ == '__main__':
+    with mitogen.master.Router() as router:
+        print(json.dumps(run(router)))
+    sys.stdout.flush()
