@@ -408,11 +408,29 @@ class Connection(object):
     """Base of every connection method: starts a process that runs a Python
     interpreter, bootstraps the core into it and returns the stream.
 
-    A method implements :meth:`get_boot_command` (the argv to run) and, if
-    it needs one, :meth:`start_child` (how to spawn it) and
-    :meth:`on_output` (prompt handling, e.g. passwords). Everything else —
-    the handshake, the deadline, the error text carrying the child's last
-    output — is shared.
+    **The plugin contract.** A connection method is a subclass published
+    in the ``mitogen.transports`` entry-point group of its distribution::
+
+        [project.entry-points."mitogen.transports"]
+        example = "mitogen_example_transport:Connection"
+
+    after which ``router.connect('example', **kwargs)`` and
+    ``router.example(**kwargs)`` start children with it, directly or through
+    ``via=`` (the intermediate then imports the module through the
+    importer, so it must run on every Python a child may use). A subclass
+    sets :attr:`options_class` (a subclass of :class:`Options` whose
+    constructor takes the method's keyword arguments) and
+    :attr:`name_prefix`, and overrides:
+
+    - :meth:`get_boot_command`: the argv that ends by running the Python
+      interpreter with ``-c`` and :func:`stage1_command`, e.g. wrapped in
+      ``ssh host`` or ``sudo -u user``;
+    - optionally :meth:`start_child`, to spawn differently (a
+      pseudo-terminal for login programs: set :attr:`tty_fd`);
+    - optionally :meth:`on_output`, to answer or reject prompts.
+
+    Everything else — the handshake, the deadline, errors carrying the
+    child's last output, routing, reaping — is shared.
 
     Contract of the handshake: the child writes ``MITO000\\n`` when its
     first stage runs, reads the compressed core and its config from stdin,
