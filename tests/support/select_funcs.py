@@ -39,11 +39,11 @@ def block_forever(marker):
 
 def select_over_threaded_latches():
     """Build a Select over two latches that two threads feed, and report
-    what it returned: ``(python version, [(latch index, item), ...])`` in
-    arrival order."""
+    what it returned: ``((major, minor), [(latch index, item), ...] in
+    arrival order, members left)``."""
     latches = [mitogen.core.Latch(), mitogen.core.Latch()]
     threads = [
-        threading.Thread(target=latches[i].put, args=('item-%d' % (i,),))
+        threading.Thread(target=latches[i].put, args=(u'item-%d' % (i,),))
         for i in range(2)
     ]
     got = []
@@ -55,4 +55,4 @@ def select_over_threaded_latches():
         remaining = len(select)
     for t in threads:
         t.join()
-    return '%d.%d' % sys.version_info[:2], got, remaining
+    return tuple(sys.version_info[:2]), got, remaining

@@ -23,6 +23,9 @@ later, uses only the standard library, and imports no other mitogen module at
 import time, so it also works when vendored under another name.
 """
 
+# Python 2 would take "import select" for mitogen.select, a sibling module.
+from __future__ import absolute_import
+
 import collections
 import errno
 import fcntl
@@ -1078,6 +1081,8 @@ class Latch(object):
         for w in waiters:
             w[1] = True
             w[0].release()
+        if self.notify is not None:
+            self.notify(self)
 
     def size(self):
         """Number of items queued."""
@@ -1589,7 +1594,10 @@ class MitogenProtocol(Protocol):
             if msg is None:
                 return
             self.recv_count += 1
-            if self.auth_id is not None:
+            if self.auth_id is not None and msg.src_id == self.remote_id:
+                # Only the peer's own messages act with the stamped
+                # authority; those of contexts behind it keep theirs and are
+                # verified like any other.
                 msg.auth_id = self.auth_id
             self._router._async_route(msg, self.stream)
             if self.stream.disconnected:
@@ -2059,6 +2067,8 @@ class Receiver(object):
             self.router.del_handler(self.handle)
             self.handle = None
         self._latch.close()
+        if self.notify:
+            self.notify(self)
 
     def size(self):
         """Number of messages queued."""
@@ -2255,7 +2265,7 @@ class Router(object):
     def _from_immediate_child(self, msg, stream):
         if stream is None or stream.protocol.is_privileged or \
                 stream.protocol.remote_id != msg.src_id or \
-                msg.auth_id != msg.src_id:
+                msg.auth_id not in (msg.src_id, stream.protocol.auth_id):
             LOG.error('%r: ignored %r: routes are only accepted from an '
                       'immediate child', self, msg)
             return False
@@ -2434,16 +2444,13 @@ class Router(object):
             LOG.exception('%r: handler %r for %r failed', self, fn, msg)
 
     def _verify_source(self, msg, in_stream):
-        if in_stream.protocol.auth_id is not None:
-            # The stream stamps every message with a fixed authority (e.g. a
-            # local client accepted by a listener acts with ours); only the
-            # claimed source remains to check.
-            expect = self.stream_by_id(msg.src_id)
-            if in_stream is not expect:
-                LOG.error('%r: dropped %r: it arrived on %r but src_id %r '
-                          'is reached through %r', self, msg, in_stream,
-                          msg.src_id, expect)
-                return False
+        protocol = in_stream.protocol
+        if protocol.auth_id is not None and \
+                msg.src_id == protocol.remote_id and \
+                msg.auth_id == protocol.auth_id:
+            # Stamped by the stream itself (e.g. a local client accepted by
+            # a listener acts with the listener's authority), and the source
+            # is the peer at the other end of this very stream.
             return True
         expect = self.stream_by_id(msg.auth_id)
         if in_stream is not expect:

@@ -1091,8 +1091,8 @@ class ModuleResponder:
         self._send(msg.src_id, tup)
 
     def forward_modules(self, context, fullnames):
-        """Send the modules `fullnames` (and the packages holding them) to
-        `context` before it asks. For a context reached through
+        """Send the modules `fullnames` (with the packages holding them and
+        the modules they import) to `context` before it asks. For a context reached through
         intermediates, each intermediate on the way caches them too and the
         last one delivers them (:data:`mitogen.core.FORWARD_MODULE`)."""
         path = []
@@ -1107,6 +1107,12 @@ class ModuleResponder:
                 name = '.'.join(parts[:i])
                 if name not in names:
                     names.append(name)
+        # Preloading: what importing them will ask for travels with them.
+        for name in list(names):
+            tup = self._build_tuple(name)
+            for related in tup[4] if tup[3] is not None else ():
+                if related not in names:
+                    names.append(related)
         for name in names:
             tup = self._build_tuple(name)
             if tup[3] is None:

@@ -46,6 +46,11 @@ class EofError(mitogen.core.StreamError):
     message carries the last output received."""
 
 
+class PasswordError(mitogen.core.StreamError):
+    """A login program (ssh, sudo, su, ...) asked for a password and none
+    was given, or it refused the one given."""
+
+
 class CoreVersionError(mitogen.core.StreamError):
     """The core a child runs speaks a protocol this parent does not
     support."""
@@ -600,8 +605,9 @@ class Connection(object):
     def _drain_stderr(self, timeout=0.5):
         # The end of the stream may be seen before the last words the child
         # wrote to stderr, which usually explain why it failed: collect
-        # them for the error message.
-        fd = self.stderr_fd
+        # them for the error message. A method whose child writes its
+        # stderr to the pty has no stderr pipe: drain the pty then.
+        fd = self.stderr_fd if self.stderr_fd is not None else self.tty_fd
         deadline = now() + timeout
         while fd is not None and now() < deadline:
             try:
@@ -1242,6 +1248,7 @@ class Reaper(object):
 
 _PROXY_ERRORS.update({
     'EofError': EofError,
+    'PasswordError': PasswordError,
     'CoreVersionError': CoreVersionError,
     'TimeoutError': mitogen.core.TimeoutError,
     'StreamError': mitogen.core.StreamError,

@@ -13,8 +13,8 @@ The usual use is scatter/gather: start calls in many contexts with
 This module runs in children too (Python 2.7 and 3.6+).
 """
 
-# Without it, Python 2 resolves "import select" in sibling modules to this
-# one; keep the same guard here for any stdlib import added later.
+# As in every child-side module of the package: without it, Python 2 would
+# take a plain "import select" here for this module, not the standard one.
 from __future__ import absolute_import
 
 import threading
@@ -83,7 +83,9 @@ class Select(object):
     closed latch, a closed select. The error is then raised by
     :meth:`get_event` (:class:`mitogen.core.ChannelError` for a receiver,
     :class:`mitogen.core.LatchError` for a latch), so a caller waiting on a
-    context that died fails promptly instead of hanging.
+    context that died fails promptly instead of hanging. Closing a receiver
+    or latch yourself announces nothing to the select: :meth:`remove` it
+    first.
 
     Close a select when done with it (or use it as a context manager), so
     members that outlive it no longer call into it::
@@ -193,6 +195,12 @@ class Select(object):
         notify = self.notify
         if notify is not None:
             notify(self)
+
+    def _put_wake(self):
+        try:
+            self._latch.put(_WAKE)
+        except mitogen.core.LatchError:
+            pass
 
     def _has(self, obj):
         for member in self._members:
@@ -344,6 +352,14 @@ class Select(object):
             if deadline is not None:
                 remaining = max(0, deadline - mitogen.core.now())
             token = self._latch.get(timeout=remaining, block=block)
+            if token is _WAKE:
+                with self._lock:
+                    if not self._members:
+                        # A put wakes one waiter: pass the wake-up on, so
+                        # every thread waiting on the empty select returns.
+                        self._put_wake()
+                        return None
+                continue
             event = self._take(token)
             if event is not None:
                 return event
@@ -353,7 +369,7 @@ class Select(object):
         none: tokens can be stale (the member was removed) or duplicated
         (see :meth:`add`), and another thread may have raced us to it."""
         with self._lock:
-            if token is _WAKE or not self._has(token):
+            if not self._has(token):
                 return None
             if isinstance(token, Select):
                 return self._take_from_select(token)

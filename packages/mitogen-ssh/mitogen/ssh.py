@@ -1,0 +1,310 @@
+# Copyright the mitogen contributors. BSD-3-Clause.
+"""
+The ``ssh`` connection method: a child Python interpreter on another
+machine, started through the OpenSSH client.
+
+The master runs ``ssh [options] -- <host> '<python> -c <first stage>'``; the
+remote login shell starts the interpreter, whose stdin and stdout are the
+SSH channel. Nothing is installed on the target: the core and every module
+arrive over that channel.
+
+How ``ssh`` is started depends on whether it may have to type a password:
+
+* Without `password`, ``ssh`` runs with ``BatchMode=yes`` and no terminal:
+  it never prompts, so a refused key or an unknown host key ends it at once
+  with its own message, which becomes the error.
+* With `password`, ``ssh`` gets a pseudo-terminal as its controlling
+  terminal and stderr (its stdin and stdout stay on the connection's
+  socket). The first password prompt is answered; a second one,
+  or ``Permission denied``, raises :class:`PasswordError`.
+
+With ``via=``, an intermediate context runs this module: it arrives there
+through the importer, so it is written for Python 2.7 and 3.6+.
+"""
+
+import fcntl
+import math
+import os
+import re
+import socket
+import subprocess
+import termios
+
+import mitogen.core
+import mitogen.parent
+
+#: Raised when ``ssh`` asks for a password and none was given, when the
+#: server refuses the password given, or when it refuses every
+#: authentication method tried. The same class as
+#: :class:`mitogen.parent.PasswordError`.
+PasswordError = mitogen.parent.PasswordError
+
+
+class HostKeyError(mitogen.core.StreamError):
+    """``ssh`` refused the server's host key: with
+    ``check_host_keys='enforce'`` the host is not in the known hosts, or with
+    ``'enforce'`` or ``'accept'`` its key differs from the one recorded."""
+
+
+# An intermediate that fails this way reports it as a CallError naming the
+# type; the master turns it back into this class.
+mitogen.parent._PROXY_ERRORS.setdefault('HostKeyError', HostKeyError)
+
+#: Accepted values of `check_host_keys`, with the ``StrictHostKeyChecking``
+#: setting each one gives ``ssh``.
+HOST_KEY_POLICIES = {
+    'enforce': 'yes',
+    'accept': 'accept-new',
+    'ignore': 'no',
+}
+
+#: Default ``ServerAliveCountMax`` and ``ServerAliveInterval``: a server
+#: that answers no keepalive for 10 * 30 seconds is considered gone.
+DEFAULT_KEEPALIVE_COUNT = 10
+DEFAULT_KEEPALIVE_INTERVAL = 30
+
+# OpenSSH's messages are not translated, so matching them is reliable.
+# "user@host's password: ", "Password: ", "(user@host) Password: ".
+PASSWORD_PROMPT = re.compile(br'password:\s*$', re.I)
+# "Permission denied (publickey,password)." or "Permission denied, please
+# try again."; not "bash: /x/python: Permission denied" from the remote shell.
+PERMISSION_DENIED = re.compile(
+    br'(?:^|\n|\r|: )Permission denied(?: \(|, please try again)')
+# ssh ends every host key refusal (unknown host under strict checking,
+# changed key) with this line.
+HOST_KEY_FAILED = re.compile(br'Host key verification failed')
+
+_SHELL_SAFE = re.compile(r'^[A-Za-z0-9_@%+=:,./-]+$')
+
+
+def shell_quote(s):
+    """Quote `s` for a POSIX shell (the remote login shell)."""
+    if s and _SHELL_SAFE.match(s):
+        return s
+    return "'" + s.replace("'", "'\"'\"'") + "'"
+
+
+def _native_list(value, name):
+    if value is None:
+        return []
+    if isinstance(value, (mitogen.core.UnicodeType, mitogen.core.BytesType)):
+        raise TypeError('%s must be a list of arguments, not the string %r'
+                        % (name, value))
+    return [mitogen.core.to_native(v) for v in value]
+
+
+class Options(mitogen.parent.Options):
+    """Options of :meth:`mitogen.parent.Router.ssh`; every option of
+    :class:`mitogen.parent.Options` applies too (`python_path` is the
+    interpreter on the target, default ``python``, looked up by the remote
+    login shell).
+
+    :param str hostname: host to connect to.
+    :param str username: user to log in as; default: ``ssh`` picks it.
+    :param str ssh_path: the ``ssh`` program, default ``ssh``.
+    :param list ssh_args: more ``ssh`` arguments, placed before the ones
+        made from the other options; as ``ssh`` keeps the first value it
+        sees of each setting, ``-o`` settings given here win.
+    :param int port: port to connect to; default: ``ssh`` picks it.
+    :param str check_host_keys: ``'enforce'`` (default): the host's key
+        must already be known and match; ``'accept'``: an unknown host's key
+        is recorded, a changed key is refused; ``'ignore'``: no checking,
+        nothing recorded.
+    :param str password: password to type if ``ssh`` asks for one.
+    :param str identity_file: private key file to authenticate with.
+    :param bool identities_only: with `identity_file` or `password`, use
+        only them: no agent keys, no default key files.
+    :param bool compression: compress the connection (``ssh -C``).
+    :param int ssh_debug_level: 0 to 3, the number of ``-v`` given to
+        ``ssh``; its debug output is logged on the context's logger.
+    :param bool keepalive_enabled: send server keepalives
+        (``ServerAliveInterval``/``ServerAliveCountMax``).
+    :param int keepalive_count: keepalives left unanswered before the server
+        is considered gone, default 10.
+    :param int keepalive_interval: seconds between keepalives, default 30.
+    """
+    #: Interpreter run on the target when `python_path` is not given.
+    default_python_path = ['python']
+
+    def __init__(self, hostname, username=None, ssh_path=None, ssh_args=None,
+                 port=None, check_host_keys='enforce', password=None,
+                 identity_file=None, identities_only=True, compression=True,
+                 ssh_debug_level=None, keepalive_enabled=True,
+                 keepalive_count=None, keepalive_interval=None, **kwargs):
+        super(Options, self).__init__(**kwargs)
+        if not hostname:
+            raise ValueError('ssh needs a hostname')
+        if check_host_keys not in HOST_KEY_POLICIES:
+            raise ValueError('check_host_keys must be one of %s, not %r' % (
+                ', '.join(sorted(HOST_KEY_POLICIES)), check_host_keys))
+        if ssh_debug_level is not None and not 0 <= ssh_debug_level <= 3:
+            raise ValueError('ssh_debug_level must be 0 to 3, not %r'
+                             % (ssh_debug_level,))
+        self.hostname = mitogen.core.to_native(hostname)
+        self.username = username and mitogen.core.to_native(username)
+        self.ssh_path = mitogen.core.to_native(ssh_path or 'ssh')
+        self.ssh_args = _native_list(ssh_args, 'ssh_args')
+        self.port = int(port) if port else None
+        self.check_host_keys = mitogen.core.to_native(check_host_keys)
+        self.password = password
+        self.identity_file = identity_file and \
+            mitogen.core.to_native(identity_file)
+        self.identities_only = identities_only
+        self.compression = compression
+        self.ssh_debug_level = ssh_debug_level or 0
+        self.keepalive_enabled = keepalive_enabled
+        self.keepalive_count = int(keepalive_count or DEFAULT_KEEPALIVE_COUNT)
+        self.keepalive_interval = int(keepalive_interval or
+                                      DEFAULT_KEEPALIVE_INTERVAL)
+        if self.name is None:
+            self.name = u'ssh.' + mitogen.core.to_text(self.hostname)
+            if self.port:
+                self.name += u':%d' % (self.port,)
+
+
+def _take_stderr_as_ctty():
+    # Runs in the forked child before exec: a new session whose controlling
+    # terminal is the pty already on fd 2, so ssh prompts there.
+    os.setsid()
+    fcntl.ioctl(2, termios.TIOCSCTTY, 0)
+
+
+class Connection(mitogen.parent.Connection):
+    """Starts ``ssh`` with the remote command that runs the first stage."""
+    options_class = Options
+    name_prefix = u'ssh'
+
+    def __init__(self, options, router):
+        super(Connection, self).__init__(options, router)
+        self._seen = {}
+        self._password_sent = False
+
+    def get_python_argv(self):
+        return list(self.options.python_path or
+                    self.options.default_python_path)
+
+    def get_ssh_argv(self):
+        """Return the ``ssh`` argv up to and including the host name."""
+        o = self.options
+        argv = [o.ssh_path] + o.ssh_args
+        if o.password is None:
+            argv += ['-o', 'BatchMode=yes']
+        argv += ['-o', 'StrictHostKeyChecking=' +
+                 HOST_KEY_POLICIES[o.check_host_keys]]
+        if o.check_host_keys == 'ignore':
+            argv += ['-o', 'UserKnownHostsFile=/dev/null',
+                     '-o', 'GlobalKnownHostsFile=/dev/null']
+        argv += ['-o', 'ConnectTimeout=%d'
+                 % max(1, int(math.ceil(o.connect_timeout)))]
+        if o.keepalive_enabled:
+            argv += ['-o', 'ServerAliveInterval=%d' % (o.keepalive_interval,),
+                     '-o', 'ServerAliveCountMax=%d' % (o.keepalive_count,)]
+        if o.compression:
+            argv.append('-C')
+        if o.identity_file:
+            argv += ['-i', o.identity_file]
+        if o.identities_only and (o.identity_file or o.password is not None):
+            argv += ['-o', 'IdentitiesOnly=yes']
+        if o.port:
+            argv += ['-p', str(o.port)]
+        if o.username:
+            argv += ['-l', o.username]
+        if o.ssh_debug_level:
+            argv.append('-' + 'v' * o.ssh_debug_level)
+        return argv + ['--', o.hostname]
+
+    def get_boot_command(self):
+        remote = self.get_python_argv() + ['-c',
+                                           mitogen.parent.stage1_command()]
+        return self.get_ssh_argv() + [' '.join(shell_quote(a)
+                                               for a in remote)]
+
+    def start_child(self, argv):
+        if self.options.password is None:
+            return super(Connection, self).start_child(argv)
+        # As the base class does, but stderr is a pty that becomes the
+        # child's controlling terminal, where ssh prompts; stdin and stdout
+        # stay on the socket. ssh keeps the pty open for its whole life, so
+        # the master reads its messages until it exits.
+        master, slave = os.openpty()
+        mitogen.core.set_cloexec(master)
+        # No "\n" -> "\r\n" translation: ssh's messages arrive as written.
+        attrs = termios.tcgetattr(slave)
+        attrs[1] &= ~termios.OPOST
+        termios.tcsetattr(slave, termios.TCSANOW, attrs)
+        parent_sock, child_sock = socket.socketpair()
+        for sock in (parent_sock, child_sock):
+            mitogen.parent._enlarge_buffers(sock)
+        try:
+            proc = subprocess.Popen(
+                argv, stdin=child_sock.fileno(), stdout=child_sock.fileno(),
+                stderr=slave, close_fds=True, preexec_fn=_take_stderr_as_ctty)
+        except (OSError, IOError) as e:
+            os.close(master)
+            parent_sock.close()
+            raise mitogen.core.StreamError(
+                'could not start %s: %s' % (argv[0], e))
+        finally:
+            child_sock.close()
+            os.close(slave)
+        fd = os.dup(parent_sock.fileno())
+        parent_sock.close()
+        self.tty_fd = master
+        return proc, fd
+
+    def _target(self):
+        o = self.options
+        return '%s%s%s' % (o.username + '@' if o.username else '',
+                           o.hostname, ':%d' % o.port if o.port else '')
+
+    def _auth_error(self):
+        if self.options.password is None:
+            return PasswordError(
+                'SSH authentication to %s failed and no password was '
+                'specified; %s' % (self._target(), self._fail_text()))
+        return PasswordError('SSH password is incorrect for %s; %s'
+                             % (self._target(), self._fail_text()))
+
+    def _host_key_error(self):
+        return HostKeyError(
+            'SSH host key verification failed for %s '
+            '(check_host_keys=%r): the host is not known or its key has '
+            'changed; %s' % (self._target(), self.options.check_host_keys,
+                             self._fail_text()))
+
+    def on_output(self, data, fd):
+        if fd not in (self.stderr_fd, self.tty_fd):
+            return
+        seen = self._seen.get(fd, b'') + data
+        self._seen[fd] = seen[-4096:]
+        if HOST_KEY_FAILED.search(seen):
+            raise self._host_key_error()
+        if PERMISSION_DENIED.search(seen):
+            raise self._auth_error()
+        if fd == self.tty_fd and PASSWORD_PROMPT.search(seen):
+            if self.options.password is None:
+                raise PasswordError(
+                    'SSH password was requested, but none specified (%s)'
+                    % (self._target(),))
+            if self._password_sent:
+                raise self._auth_error()
+            self._password_sent = True
+            self._seen[fd] = b''
+            password = self.options.password
+            if not isinstance(password, mitogen.core.BytesType):
+                password = mitogen.core.to_text(password).encode('utf-8')
+            os.write(fd, password + b'\n')
+
+    def connect(self, context_id, name_hint=None):
+        try:
+            return super(Connection, self).connect(context_id, name_hint)
+        except mitogen.parent.EofError:
+            # ssh exited, usually after explaining why on stderr; the
+            # explanation may have been read only after the end of the
+            # stream, so it is classified here too.
+            output = b''.join(self._output)
+            if HOST_KEY_FAILED.search(output):
+                raise self._host_key_error()
+            if PERMISSION_DENIED.search(output):
+                raise self._auth_error()
+            raise

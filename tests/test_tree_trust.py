@@ -1,0 +1,574 @@
+"""
+Specification of the trust chain at every hop of a tree: a compromised
+context deep in the tree can neither borrow the identity or authority of
+another context nor make anything but its own descendants run code, shut
+down or load a module, and it cannot redirect routes.
+
+The tree (built once for the module; see :func:`tree`)::
+
+    M (master)
+    +-- P                 parent of the compromised context
+    |   +-- C             the compromised grandchild
+    |   |   +-- D         C's own child
+    |   +-- S             C's sibling
+    |       +-- N         S's child (C's nephew)
+    +-- U                 P's sibling (C's uncle)
+        +-- K             U's child (C's cousin)
+
+C "is compromised": the test runs :func:`support.trust_forge.send` in it,
+which writes whatever header it is given straight onto C's stream to P,
+so P sees exactly what a malicious C could write.  A forged message must
+be stopped by the first honest context it reaches -- P -- which logs the
+drop; P's records reach the master as ``mitogen.ctx.<P's name>``.  Every
+refusal has a positive control showing the same message is accepted when
+it is legitimate.
+
+Tests that attack routes get a fresh tree of their own (:func:`fresh`),
+so a route that wrongly changed cannot spill into other tests.
+"""
+import collections
+import logging
+import os
+import sys
+import time
+import uuid
+
+import pytest
+
+import mitogen.core
+import mitogen.master
+from mitogen.core import (ADD_ROUTE, CALL_FUNCTION, DEL_ROUTE, FORWARD_LOG,
+                          FORWARD_MODULE, LOAD_MODULE, SHUTDOWN)
+
+from support import trust_forge
+from support import tree_helpers as th
+
+#: Seconds a context waits for the reply to a message it sent.
+REPLY_WAIT = 10.0
+#: Seconds the test waits for a drop to be reported.
+LOG_WAIT = 10.0
+
+Tree = collections.namedtuple('Tree', 'router P C D S N U K')
+
+
+def build_tree(router):
+    local = lambda **kw: router.local(python_path=sys.executable, **kw)
+    p = local()
+    c = local(via=p)
+    d = local(via=c)
+    s = local(via=p)
+    n = local(via=s)
+    u = local()
+    k = local(via=u)
+    tree = Tree(router, p, c, d, s, n, u, k)
+    # Every context imports the helper modules now, so no test depends on
+    # the order tests run in.
+    for ctx in tree[1:]:
+        ctx.call(trust_forge.context_id)
+        ctx.call(th.pid)
+    return tree
+
+
+def shut_down(tree):
+    latches = [tree.P.shutdown(), tree.U.shutdown()]
+    for latch in latches:
+        latch.get(timeout=30)
+    tree.P.shutdown(wait=True)
+    tree.U.shutdown(wait=True)
+
+
+@pytest.fixture(scope='module')
+def tree():
+    with mitogen.master.Router() as router:
+        tree = build_tree(router)
+        yield tree
+        shut_down(tree)
+
+
+@pytest.fixture
+def fresh():
+    """A tree of its own, for tests that attack routes."""
+    with mitogen.master.Router() as router:
+        tree = build_tree(router)
+        yield tree
+        shut_down(tree)
+
+
+@pytest.fixture
+def evidence(tmp_path):
+    """A path a forged ``create_file`` call would create."""
+    return str(tmp_path / ('ran-%s' % uuid.uuid4().hex))
+
+
+def call(ctx, fn, *args, **kwargs):
+    """ctx.call() that fails instead of hanging."""
+    recv = ctx.call_async(fn, *args, **kwargs)
+    return recv.get(timeout=REPLY_WAIT + 10).unpickle()
+
+
+def forge(ctx, dst, handle, **kwargs):
+    """Run :func:`trust_forge.send` in `ctx` towards `dst` (a Context or an
+    ID) and return its outcome."""
+    dst_id = getattr(dst, 'context_id', dst)
+    for key in ('src_id', 'auth_id'):
+        if key in kwargs:
+            kwargs[key] = getattr(kwargs[key], 'context_id', kwargs[key])
+    return tuple(call(ctx, trust_forge.send, dst_id, handle, **kwargs))
+
+
+def wait_for_record(caplog, predicate, timeout=LOG_WAIT):
+    deadline = time.monotonic() + timeout
+    while True:
+        for record in list(caplog.records):
+            if predicate(record):
+                return record
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.01)
+
+
+def header(dst, src, auth, handle):
+    """The start of ``repr(Message)`` for a message with this header."""
+    ids = [getattr(x, 'context_id', x) for x in (dst, src, auth)]
+    return 'Message(%r, %r, %r, %r,' % tuple(ids + [handle])
+
+
+def logged_by(ctx, *needles):
+    """Predicate: an ERROR of `ctx`'s ``mitogen`` logger (``mitogen.ctx.*``
+    in the master, or the master's own ``mitogen`` logger when `ctx` is
+    None) whose text holds every one of `needles`."""
+    name = 'mitogen' if ctx is None else 'mitogen.ctx.%s' % (ctx.name,)
+
+    def predicate(record):
+        text = record.getMessage()
+        return (record.name == name and record.levelno == logging.ERROR and
+                getattr(record, 'mitogen_name', 'mitogen') == 'mitogen' and
+                all(n in text for n in needles))
+    return predicate
+
+
+def dropped_by(ctx, dst, src, auth, handle, field='auth_id'):
+    """Predicate: `ctx` logged that it dropped a message with this header
+    because of the header field `field`."""
+    return logged_by(ctx, 'dropped', header(dst, src, auth, handle),
+                     'but %s' % (field,))
+
+
+def delivered(caplog, token):
+    """Whether a forged log record holding `token` was logged as such (not
+    merely quoted in a report of its drop)."""
+    return any(getattr(r, 'mitogen_name', None) == 'trust_forge' and
+               token in r.getMessage() for r in caplog.records)
+
+
+def master_sends(router, dst, handle, obj):
+    """Route a message with the master's authority; return the outcome as
+    :func:`trust_forge.describe_reply` would."""
+    msg = mitogen.core.Message.pickled(obj, dst_id=dst.context_id,
+                                       handle=handle)
+    with mitogen.core.Receiver(router, persist=False) as recv:
+        msg.reply_to = recv.handle
+        router.route(msg)
+        return trust_forge.describe_reply(recv, REPLY_WAIT)
+
+
+def alive(ctx):
+    return call(ctx, trust_forge.context_id) == ctx.context_id
+
+
+def body(handle, evidence):
+    """A request body for `handle`: runs ``create_file(evidence)``, shuts
+    down, or loads a module named after `evidence`."""
+    if handle == CALL_FUNCTION:
+        return dict(obj=trust_forge.call_request(evidence))
+    if handle == LOAD_MODULE:
+        return dict(obj=trust_forge.load_module_request(
+            module_name(evidence), u'forged'))
+    return dict(data=b'')
+
+
+def module_name(evidence):
+    return 'tree_trust_%s' % (os.path.basename(evidence).replace('-', '_'),)
+
+
+def assert_had_no_effect(ctx, handle, evidence):
+    """The request `handle` did nothing in `ctx`, which still serves its
+    parent."""
+    assert not os.path.exists(evidence)
+    assert alive(ctx)
+    if handle == LOAD_MODULE:
+        outcome = tuple(call(ctx, trust_forge.try_import,
+                             module_name(evidence)))
+        assert outcome[0] == 'ImportError', outcome
+
+
+PRIVILEGED = [pytest.param(CALL_FUNCTION, id='CALL_FUNCTION'),
+              pytest.param(SHUTDOWN, id='SHUTDOWN'),
+              pytest.param(LOAD_MODULE, id='LOAD_MODULE')]
+
+
+# ---------------------------------------------------------------------------
+# Positive controls: the same messages, sent with authority, are accepted
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize('target', ['P', 'C', 'D', 'S', 'N', 'K'])
+def test_call_with_master_authority_runs_anywhere_in_the_tree(
+        tree, target, evidence):
+    ctx = getattr(tree, target)
+    outcome = master_sends(tree.router, ctx, CALL_FUNCTION,
+                           trust_forge.call_request(evidence))
+    assert outcome == ('reply', evidence)
+    assert os.path.exists(evidence)
+
+
+def test_compromised_context_may_run_code_in_its_own_child(tree, evidence):
+    outcome = forge(tree.C, tree.D, CALL_FUNCTION,
+                    obj=trust_forge.call_request(evidence),
+                    wait=REPLY_WAIT, direct=False)
+    assert outcome == ('reply', evidence)
+    assert os.path.exists(evidence)
+
+
+def test_compromised_context_may_load_a_module_into_its_own_child(tree):
+    name = 'tree_trust_control_%s' % uuid.uuid4().hex
+    forge(tree.C, tree.D, LOAD_MODULE,
+          obj=trust_forge.load_module_request(name, u'served'), direct=False)
+    assert tuple(call(tree.D, trust_forge.try_import, name)) == \
+        ('imported', 'served')
+
+
+def test_honest_log_record_of_a_grandchild_reaches_the_master(tree, caplog):
+    token = uuid.uuid4().hex
+    assert forge(tree.C, 0, FORWARD_LOG,
+                 data=trust_forge.forward_log_body(token)) == ('sent', None)
+    record = wait_for_record(caplog, lambda r: (
+        r.name == 'mitogen.ctx.%s' % (tree.C.name,) and
+        token in r.getMessage()))
+    assert record is not None
+    assert record.mitogen_name == 'trust_forge'
+
+
+def test_grandchild_may_message_a_cousin_handler_without_a_policy(tree):
+    outcome = forge(tree.C, tree.K, 4242, obj=u'hello', wait=REPLY_WAIT)
+    assert outcome[0] == 'dead', outcome
+    assert 'no handler' in outcome[1]
+
+
+# ---------------------------------------------------------------------------
+# Forged identity or authority: dropped (and logged) by the first hop, P
+# ---------------------------------------------------------------------------
+
+def test_forged_master_auth_id_to_the_master_is_dropped_by_the_parent(
+        tree, caplog):
+    token = uuid.uuid4().hex
+    forge(tree.C, 0, FORWARD_LOG, data=trust_forge.forward_log_body(token),
+          auth_id=0)
+    assert wait_for_record(caplog, dropped_by(tree.P, 0, tree.C, 0,
+                                              FORWARD_LOG))
+    assert not delivered(caplog, token)
+
+
+def test_forged_master_src_id_to_the_master_is_dropped_by_the_parent(
+        tree, caplog):
+    token = uuid.uuid4().hex
+    forge(tree.C, 0, FORWARD_LOG, data=trust_forge.forward_log_body(token),
+          src_id=0)
+    assert wait_for_record(caplog, dropped_by(tree.P, 0, 0, tree.C,
+                                              FORWARD_LOG, 'src_id'))
+    assert not delivered(caplog, token)
+
+
+def test_forged_parent_src_id_to_the_master_is_dropped_by_the_parent(
+        tree, caplog):
+    token = uuid.uuid4().hex
+    forge(tree.C, 0, FORWARD_LOG, data=trust_forge.forward_log_body(token),
+          src_id=tree.P, auth_id=tree.P)
+    assert wait_for_record(caplog, dropped_by(tree.P, 0, tree.P, tree.P,
+                                              FORWARD_LOG))
+    assert not delivered(caplog, token)
+
+
+def test_forged_cousin_src_id_to_the_master_is_dropped_by_the_parent(
+        tree, caplog):
+    token = uuid.uuid4().hex
+    forge(tree.C, 0, FORWARD_LOG, data=trust_forge.forward_log_body(token),
+          src_id=tree.K, auth_id=tree.K)
+    assert wait_for_record(caplog, dropped_by(tree.P, 0, tree.K, tree.K,
+                                              FORWARD_LOG))
+    assert not delivered(caplog, token)
+
+
+def test_forged_sibling_src_id_to_the_master_is_dropped_by_the_parent(
+        tree, caplog):
+    token = uuid.uuid4().hex
+    forge(tree.C, 0, FORWARD_LOG, data=trust_forge.forward_log_body(token),
+          src_id=tree.S, auth_id=tree.S)
+    assert wait_for_record(caplog, dropped_by(tree.P, 0, tree.S, tree.S,
+                                              FORWARD_LOG))
+    assert not delivered(caplog, token)
+
+
+# Who C targets, and whose authority it claims: each the authority the
+# target would obey.
+FORGERIES = [
+    pytest.param('P', 'P', id='parent-as-itself'),
+    pytest.param('P', 0, id='parent-as-master'),
+    pytest.param('S', 'P', id='sibling-as-parent'),
+    pytest.param('S', 'S', id='sibling-as-itself'),
+    pytest.param('S', 0, id='sibling-as-master'),
+    pytest.param('K', 'U', id='cousin-as-uncle'),
+    pytest.param('K', 'K', id='cousin-as-itself'),
+    pytest.param('K', 0, id='cousin-as-master'),
+    pytest.param('N', 'S', id='nephew-as-sibling'),
+    pytest.param('N', 'P', id='nephew-as-parent'),
+    pytest.param('U', 0, id='uncle-as-master'),
+]
+
+
+@pytest.mark.parametrize('handle', PRIVILEGED)
+@pytest.mark.parametrize('target,authority', FORGERIES)
+def test_forged_authority_is_dropped_and_logged_by_the_parent(
+        tree, caplog, evidence, target, authority, handle):
+    dst = getattr(tree, target)
+    auth = authority if authority == 0 else getattr(tree, authority)
+    forge(tree.C, dst, handle, auth_id=auth, src_id=auth,
+          **body(handle, evidence))
+    assert wait_for_record(caplog, dropped_by(tree.P, dst, auth, auth,
+                                              handle))
+    assert_had_no_effect(dst, handle, evidence)
+
+
+@pytest.mark.parametrize('target,authority', FORGERIES)
+def test_forged_authority_with_honest_src_id_is_dropped_by_the_parent(
+        tree, caplog, evidence, target, authority):
+    dst = getattr(tree, target)
+    auth = authority if authority == 0 else getattr(tree, authority)
+    forge(tree.C, dst, CALL_FUNCTION, auth_id=auth,
+          obj=trust_forge.call_request(evidence))
+    assert wait_for_record(caplog, dropped_by(tree.P, dst, tree.C, auth,
+                                              CALL_FUNCTION))
+    assert_had_no_effect(dst, CALL_FUNCTION, evidence)
+
+
+def test_forgery_by_a_deeper_context_is_dropped_and_logged_by_its_parent(
+        tree, caplog, evidence):
+    # D claims its grandparent's authority towards C's sibling: C, the
+    # first hop, drops it; C's record travels through P to the master.
+    forge(tree.D, tree.S, CALL_FUNCTION, auth_id=tree.P,
+          obj=trust_forge.call_request(evidence))
+    assert wait_for_record(caplog, dropped_by(tree.C, tree.S, tree.D, tree.P,
+                                              CALL_FUNCTION))
+    assert_had_no_effect(tree.S, CALL_FUNCTION, evidence)
+
+
+def test_child_claiming_its_parents_authority_towards_it_is_dropped(
+        tree, caplog, evidence):
+    forge(tree.D, tree.C, CALL_FUNCTION, auth_id=tree.C, src_id=tree.C,
+          obj=trust_forge.call_request(evidence))
+    assert wait_for_record(caplog, dropped_by(tree.C, tree.C, tree.C, tree.C,
+                                              CALL_FUNCTION))
+    assert_had_no_effect(tree.C, CALL_FUNCTION, evidence)
+
+
+# ---------------------------------------------------------------------------
+# Honest requests without authority: refused by the target's policy
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize('handle', PRIVILEGED)
+@pytest.mark.parametrize('target', ['P', 'S', 'N', 'U', 'K'])
+def test_request_to_a_non_descendant_is_refused_by_its_policy(
+        tree, evidence, target, handle):
+    dst = getattr(tree, target)
+    outcome = forge(tree.C, dst, handle, wait=REPLY_WAIT, direct=False,
+                    **body(handle, evidence))
+    assert outcome[0] == 'dead', outcome
+    assert outcome[1] == 'refused by policy of context %d' % (dst.context_id,)
+    assert_had_no_effect(dst, handle, evidence)
+
+
+def test_call_from_a_grandchild_to_the_master_is_never_run(tree, evidence):
+    outcome = forge(tree.C, 0, CALL_FUNCTION,
+                    obj=trust_forge.call_request(evidence),
+                    wait=REPLY_WAIT, direct=False)
+    assert outcome[0] == 'dead', outcome
+    assert not os.path.exists(evidence)
+
+
+def test_forward_module_request_to_the_parent_is_refused(tree):
+    # FORWARD_MODULE would make P push a module to S with P's authority.
+    outcome = forge(tree.C, tree.P, FORWARD_MODULE,
+                    obj=(tree.S.context_id, u'support.trust_forge'),
+                    wait=REPLY_WAIT, direct=False)
+    assert outcome == ('dead', 'refused by policy of context %d'
+                       % (tree.P.context_id,))
+
+
+# ---------------------------------------------------------------------------
+# Routes: ADD_ROUTE / DEL_ROUTE only from an immediate child, for IDs it owns
+# ---------------------------------------------------------------------------
+
+def master_route(tree, ctx):
+    stream = tree.router._stream_by_id.get(getattr(ctx, 'context_id', ctx))
+    return None if stream is None else stream.protocol.remote_id
+
+
+def assert_routes_intact(tree):
+    """Every context is routed as built, and still answers."""
+    for ctx in tree[1:]:
+        first_hop = tree.U if ctx in (tree.U, tree.K) else tree.P
+        assert master_route(tree, ctx) == first_hop.context_id, ctx
+        assert alive(ctx)
+    routes = call(tree.P, th.routes)
+    for ctx in (tree.C, tree.D):
+        assert routes[ctx.context_id] == tree.C.context_id
+    for ctx in (tree.S, tree.N):
+        assert routes[ctx.context_id] == tree.S.context_id
+    for ctx in (tree.U, tree.K):
+        assert ctx.context_id not in routes
+
+
+def unused_id_of(tree, owner):
+    """An ID from the block the master gave `owner`, given to nobody."""
+    [(start, end, _)] = [b for b in tree.router.id_allocator._blocks
+                         if b[2] == owner.context_id]
+    return end - 1
+
+
+def test_add_route_from_a_grandchild_to_the_master_is_ignored(
+        fresh, caplog):
+    tree = fresh
+    forge(tree.C, 0, ADD_ROUTE, obj=(tree.K.context_id, u'hijack'))
+    assert wait_for_record(caplog, logged_by(
+        None, 'only accepted from an immediate child',
+        header(0, tree.C, tree.C, ADD_ROUTE)))
+    assert_routes_intact(tree)
+
+
+def test_add_route_from_a_grandchild_claiming_its_siblings_id_is_ignored(
+        fresh, caplog):
+    tree = fresh
+    forge(tree.C, 0, ADD_ROUTE, obj=(tree.S.context_id, u'hijack'))
+    assert wait_for_record(caplog, logged_by(
+        None, 'only accepted from an immediate child',
+        header(0, tree.C, tree.C, ADD_ROUTE)))
+    assert tree.router.context_by_id(tree.S.context_id).name == tree.S.name
+    assert_routes_intact(tree)
+
+
+def test_add_route_from_a_grandchild_for_a_new_id_is_ignored(fresh, caplog):
+    tree = fresh
+    target = unused_id_of(tree, tree.P)
+    forge(tree.C, 0, ADD_ROUTE, obj=(target, u'hijack'))
+    assert wait_for_record(caplog, logged_by(
+        None, 'only accepted from an immediate child'))
+    assert master_route(tree, target) is None
+
+
+@pytest.mark.parametrize('claim', ['master', 'sibling', 'uncle', 'cousin',
+                                   'unallocated', 'uncles-block'])
+def test_add_route_from_a_child_for_an_id_it_does_not_own_is_refused(
+        fresh, caplog, claim):
+    # P is an immediate child of the master: its ADD_ROUTE is heard, but
+    # the master refuses routes to IDs outside P's subtree.
+    tree = fresh
+    target = {
+        'master': 0,
+        'sibling': tree.U.context_id,
+        'uncle': tree.U.context_id,
+        'cousin': tree.K.context_id,
+        'unallocated': tree.router.id_allocator.next_id + 5000,
+        'uncles-block': unused_id_of(tree, tree.U),
+    }[claim]
+    forge(tree.P, 0, ADD_ROUTE, obj=(target, u'hijack'))
+    assert wait_for_record(caplog, logged_by(
+        None, 'refused ADD_ROUTE for %r' % (target,)))
+    assert master_route(tree, target) in (None, tree.U.context_id)
+    assert_routes_intact(tree)
+
+
+@pytest.mark.parametrize('claim', ['master', 'parent', 'sibling', 'nephew'])
+def test_add_route_from_a_grandchild_to_its_parent_for_a_foreign_id_is_refused(
+        fresh, caplog, claim):
+    tree = fresh
+    target = getattr(tree, claim[0].upper(), None) if claim != 'master' \
+        else 0
+    target = getattr(target, 'context_id', target)
+    forge(tree.C, tree.P, ADD_ROUTE, obj=(target, u'hijack'))
+    assert wait_for_record(caplog, logged_by(
+        tree.P, 'refused ADD_ROUTE for %r' % (target,)))
+    assert_routes_intact(tree)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    'an intermediate cannot tell which of its children owns an ID it has '
+    'no route for (uncle, cousin, or an ID not handed out yet): it accepts '
+    'the claim, routes that ID into the claimant, and only the master '
+    'refuses it'))
+@pytest.mark.parametrize('claim', ['uncle', 'cousin'])
+def test_add_route_from_a_grandchild_for_an_id_outside_its_parents_subtree_is_refused(
+        fresh, caplog, claim):
+    tree = fresh
+    target = (tree.U if claim == 'uncle' else tree.K).context_id
+    forge(tree.C, tree.P, ADD_ROUTE, obj=(target, u'hijack'))
+    assert wait_for_record(caplog, logged_by(
+        tree.P, 'refused ADD_ROUTE for %r' % (target,)))
+    assert target not in call(tree.P, th.routes)
+
+
+def test_add_route_with_forged_source_is_dropped_by_the_parent(
+        fresh, caplog):
+    tree = fresh
+    forge(tree.C, tree.P, ADD_ROUTE, obj=(tree.S.context_id, u'hijack'),
+          src_id=tree.S, auth_id=tree.S)
+    assert wait_for_record(caplog, dropped_by(
+        tree.P, tree.P, tree.S, tree.S, ADD_ROUTE))
+    assert_routes_intact(tree)
+
+
+def test_del_route_from_a_grandchild_to_the_master_is_ignored(
+        fresh, caplog):
+    tree = fresh
+    forge(tree.C, 0, DEL_ROUTE, obj=tree.K.context_id)
+    assert wait_for_record(caplog, logged_by(
+        None, 'only accepted from an immediate child',
+        header(0, tree.C, tree.C, DEL_ROUTE)))
+    assert_routes_intact(tree)
+
+
+@pytest.mark.parametrize('claim', ['U', 'K', 'P'])
+def test_del_route_from_a_child_for_a_context_outside_its_subtree_is_ignored(
+        fresh, claim):
+    tree = fresh
+    target = getattr(tree, claim)
+    forge(tree.P, 0, DEL_ROUTE, obj=target.context_id)
+    # A DEL_ROUTE the master honours fires the context's disconnect; the
+    # forged one must not, and every route stays.
+    fired = []
+    mitogen.core.listen(target, 'disconnect', lambda: fired.append(True))
+    assert_routes_intact(tree)
+    assert fired == []
+
+
+@pytest.mark.parametrize('claim', ['S', 'N', 'P'])
+def test_del_route_from_a_grandchild_for_a_context_outside_its_subtree_is_ignored(
+        fresh, claim):
+    tree = fresh
+    target = getattr(tree, claim)
+    forge(tree.C, tree.P, DEL_ROUTE, obj=target.context_id)
+    assert_routes_intact(tree)
+
+
+def test_legitimate_routes_still_work_after_the_attacks(fresh, caplog):
+    tree = fresh
+    forge(tree.C, tree.P, ADD_ROUTE, obj=(tree.S.context_id, u'hijack'))
+    forge(tree.P, 0, ADD_ROUTE, obj=(tree.K.context_id, u'hijack'))
+    forge(tree.C, 0, DEL_ROUTE, obj=tree.K.context_id)
+    assert wait_for_record(caplog, logged_by(
+        None, 'refused ADD_ROUTE for %r' % (tree.K.context_id,)))
+    # A context started after the attacks is routed like any other.
+    late = tree.router.local(via=tree.C, python_path=sys.executable)
+    assert master_route(tree, late) == tree.P.context_id
+    assert call(tree.P, th.routes)[late.context_id] == tree.C.context_id
+    assert call(late, th.ids) == (
+        late.context_id, [tree.C.context_id, tree.P.context_id, 0])
+    assert_routes_intact(tree)
