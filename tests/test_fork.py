@@ -16,6 +16,7 @@ import sys
 import textwrap
 import threading
 import time
+import warnings
 
 import pytest
 
@@ -116,6 +117,13 @@ def test_name_option_names_the_fork(router):
     assert router.fork(name='worker').name == 'worker'
 
 
+def test_fork_package_globals_describe_the_fork(router):
+    fork = router.fork()
+    assert call(fork, helpers.package_globals) == (
+        False, fork.context_id, 0, [0])
+    assert helpers.package_globals() == (True, 0, None, [])
+
+
 def test_module_imported_in_the_master_costs_no_module_request(router):
     before = router.responder.get_module_count
     fork = router.fork()
@@ -153,6 +161,28 @@ def test_failing_on_fork_raises_eof_error_carrying_its_traceback(router):
     with pytest.raises(mitogen.parent.EofError) as info:
         router.fork(on_fork=helpers.fail_on_fork)
     assert 'on_fork failed on purpose' in str(info.value)
+
+
+def test_hanging_on_fork_times_out_without_leaving_a_process(router):
+    start = time.monotonic()
+    with pytest.raises(mitogen.core.TimeoutError):
+        router.fork(on_fork=helpers.hang_on_fork, connect_timeout=1.0)
+    assert time.monotonic() - start < PROMPTLY
+
+
+def test_hooks_may_be_any_callable_when_forking_the_master(router,
+                                                          tmp_path):
+    def write(name, text):
+        with open(str(tmp_path / name), 'w') as fp:
+            fp.write(text)
+
+    fork = router.fork(
+        on_fork=lambda: write('on_fork', str(os.getpid())),
+        on_start=lambda econtext: write('on_start',
+                                        str(econtext.router.context_id)))
+    pid, _ = call(fork, helpers.pids)
+    assert (tmp_path / 'on_fork').read_text() == str(pid)
+    assert (tmp_path / 'on_start').read_text() == str(fork.context_id)
 
 
 def test_failing_on_start_ends_the_fork_and_logs_why(log_router, caplog):
@@ -298,6 +328,50 @@ def test_twenty_forks_while_other_threads_call_another_child(router):
     assert len(done) == 3 and min(done) > 0
 
 
+def test_forks_started_from_several_threads_at_once_all_work(router):
+    results = []
+    errors = []
+
+    def fork_some():
+        try:
+            for _ in range(3):
+                fork = router.fork(connect_timeout=REPLY_TIMEOUT)
+                results.append(call(fork, helpers.pids))
+                fork.shutdown(wait=True)
+        except Exception as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=fork_some) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(REPLY_TIMEOUT * 3)
+    assert errors == []
+    assert len(set(pid for pid, _ in results)) == 12
+    assert set(ppid for _, ppid in results) == {os.getpid()}
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12),
+                    reason='only Python 3.12+ warns about forking a '
+                           'process that has threads')
+def test_forking_with_the_broker_running_emits_no_deprecation_warning(
+        router):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        call(router.fork(), helpers.echo, None)
+    assert [str(w.message) for w in caught
+            if issubclass(w.category, DeprecationWarning)] == []
+
+
+def test_a_fork_can_start_a_child_of_its_own(router):
+    fork = router.fork()
+    fork_pid, _ = call(fork, helpers.pids)
+    child = router.local(via=fork)
+    pid, ppid = call(child, helpers.pids)
+    assert ppid == fork_pid
+    assert child.name == '%s.local.%d' % (fork.name, pid)
+
+
 def test_functions_of_the_main_script_run_in_the_fork_as_inherited(
         tmp_path):
     script = tmp_path / 'prog.py'
@@ -348,6 +422,8 @@ def test_fork_via_a_child_is_that_childs_child(router, interpreter):
     pid, ppid = call(fork, helpers.pids)
     assert ppid == child_pid
     assert fork.name == '%s.fork.%d' % (child.name, pid)
+    assert call(fork, helpers.package_globals) == (
+        False, fork.context_id, child.context_id, [child.context_id, 0])
 
 
 @spread()
@@ -383,6 +459,29 @@ def test_fork_via_a_child_shares_that_childs_importer(router, interpreter):
     assert call(fork, helpers.import_counting_requests,
                 'support.fork_lazy') == (False, [])
     assert router.responder.get_module_count == before
+
+
+@spread()
+def test_modules_a_child_loaded_are_served_by_its_forks_own_importer(
+        router, interpreter):
+    child = router.local(python_path=interpreter.path)
+    fork = router.fork(via=child)
+    served, stale = call(fork, helpers.module_loaders)
+    assert stale == []
+    # support and support.fork_helpers at least, loaded by the child.
+    assert served >= 2
+
+
+@pytest.mark.parametrize('interpreter', interpreters.params(['3.13']),
+                         indirect=True)
+def test_fork_via_a_child_reads_package_data_of_modules_it_inherited(
+        router, interpreter):
+    child = router.local(python_path=interpreter.path)
+    assert call(child, helpers.read_resource, 'support',
+                'fork_data.txt') == b'data for forks\n'
+    fork = router.fork(via=child)
+    assert call(fork, helpers.read_resource, 'support',
+                'fork_data.txt') == b'data for forks\n'
 
 
 @spread()

@@ -25,6 +25,12 @@ def echo(value):
     return value
 
 
+def package_globals():
+    """The ``mitogen`` package globals of the calling context."""
+    return (mitogen.is_master, mitogen.context_id, mitogen.parent_id,
+            list(mitogen.parent_ids))
+
+
 def random_value():
     """The next value of the module-level :mod:`random` generator."""
     return random.random()
@@ -53,6 +59,11 @@ def events():
 
 def fail_on_fork():
     raise ValueError('on_fork failed on purpose')
+
+
+def hang_on_fork():
+    import time
+    time.sleep(3600)
 
 
 def fail_on_start(econtext):
@@ -100,3 +111,25 @@ def print_line(text):
     sys.stdout.write(text + '\n')
     sys.stdout.flush()
 
+
+@mitogen.core.takes_econtext
+def module_loaders(econtext):
+    """``(served, stale)``: how many modules name this context's importer
+    as their loader, and the names of those naming another importer."""
+    served = 0
+    stale = []
+    for name, module in list(sys.modules.items()):
+        loaders = [getattr(module, '__loader__', None),
+                   getattr(getattr(module, '__spec__', None), 'loader', None)]
+        if any(loader is econtext.importer for loader in loaders):
+            served += 1
+        if any(isinstance(loader, mitogen.core.Importer) and
+               loader is not econtext.importer for loader in loaders):
+            stale.append(name)
+    return served, sorted(stale)
+
+
+def read_resource(package, name):
+    """A data file of `package`, through ``importlib.resources``."""
+    import importlib.resources
+    return importlib.resources.files(package).joinpath(name).read_bytes()

@@ -1776,6 +1776,9 @@ class Broker(object):
         self._thread = None
         self._waker = Waker(self)
         self._streams = set()
+        #: Waiters for child processes that have not exited yet (see
+        #: ``mitogen.parent.Reaper``): shutdown waits for them too.
+        self.reaping = set()
         self.start_receive(self._waker.stream)
         self._thread = threading.Thread(target=self._broker_main,
                                         name='mitogen.broker')
@@ -1909,6 +1912,11 @@ class Broker(object):
         deadline = now() + self.shutdown_timeout
 
         def downward_alive():
+            # Until the children's processes are gone too: closing the
+            # stream to our parent lets it reap (and signal) this process,
+            # which must not end before its own children.
+            if self.reaping:
+                return True
             for s in downward:
                 side = s.receive_side
                 if side is not None and side.keep_alive and not side.closed:
@@ -3198,7 +3206,9 @@ class ExternalContext(object):
         listen(self.broker, 'exit', self._on_broker_exit)
 
     def _on_parent_disconnect(self):
-        self.importer._on_disconnect()
+        importer = getattr(self, 'importer', None)
+        if importer is not None:
+            importer._on_disconnect()
         self.broker.shutdown()
 
     def _on_shutdown_msg(self, msg):

@@ -12,21 +12,23 @@ child context starts:
   moment of the fork stay held forever. The fork never touches a mitogen
   object of the forking process (broker, router, streams, latches); it
   builds a new :class:`mitogen.core.ExternalContext` of its own. The locks
-  of the :mod:`logging` package are replaced, and every logging handler of
+  of the ``logging`` package are replaced, and every logging handler of
   the forking process is removed (their files are closed, see below):
   records of the fork reach the master through the new context.
 * Every inherited file descriptor except stdio and the new context's socket
   is closed, so pipes and sockets of the forking process (its own children's
   streams among them) end when the forking process closes them.
-* The pseudo-random generators are reseeded (:mod:`random`, and OpenSSL's
-  through :func:`ssl.RAND_add` if :mod:`ssl` is loaded), so no two forks
+* The pseudo-random generators are reseeded (``random``, and OpenSSL's
+  through ``ssl.RAND_add()`` if ``ssl`` is loaded), so no two forks
   share a random sequence with each other or with their parent.
 * The importer is shared: modules imported before the fork need no request,
   and in a forking child the new importer starts with everything the old
   one had fetched.
 
-Anything else (third-party connection pools, threads the program relies
-on, signal handlers) is the program's to fix up in ``on_fork``.
+SIGTERM gets its default action back, so that the parent can always end
+the fork. Anything else (third-party connection pools, threads the program
+relies on, other signal handlers) is the program's to fix up in
+``on_fork``.
 
 This module runs in children too, so it is written for Python 2.7 and 3.6+.
 """
@@ -82,7 +84,7 @@ class Options(mitogen.parent.Options):
 
 class Process(object):
     """The forked child as its parent's :class:`mitogen.parent.Router` sees
-    it: the part of :class:`subprocess.Popen` it uses (:attr:`pid`,
+    it: the part of ``subprocess.Popen`` it uses (:attr:`pid`,
     :attr:`returncode`, :meth:`poll`, :meth:`wait`, :meth:`kill`)."""
 
     def __init__(self, pid):
@@ -159,7 +161,7 @@ class Connection(mitogen.parent.Connection):
         # have held at the moment of the fork.
         parent_ids = [mitogen.context_id] + list(mitogen.parent_ids)
         config = self.get_config(context_id, parent_ids, self.options.name)
-        setup = _ForkSetup(config, _core_source(), self.options)
+        setup = _ForkSetup(config, _core_entry(), self.options)
         parent_sock, child_sock = socket.socketpair()
         try:
             for sock in (parent_sock, child_sock):
@@ -187,23 +189,32 @@ class Connection(mitogen.parent.Connection):
             raise
 
 
+# Serialises forks: warnings.catch_warnings() is not thread-safe.
+_fork_lock = threading.Lock()
+
+
 def _fork():
     # Python 3.12+ warns that forking a process with threads may deadlock
     # the child; the fork reinitialises what it uses instead (see the module
     # docstring), so that warning is noise here.
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', DeprecationWarning)
-        return os.fork()
+    with _fork_lock:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', DeprecationWarning)
+            return os.fork()
 
 
-def _core_source():
-    """The core source a child context needs to start children of its own:
-    in a child, the copy its importer holds; in the master, the file."""
-    if not mitogen.is_master:
-        src = mitogen.parent._core_from_importer()
-        if src is not None:
-            return src
-    return mitogen.parent.get_core_source()
+def _core_entry():
+    """The importer cache entry (a :data:`mitogen.core.LOAD_MODULE` tuple)
+    of the core, which a context needs to start children of its own: in a
+    child, the one its importer holds; in the master, made from the file.
+    Taken already compressed, so that no fork spends time compressing it
+    again."""
+    for importer in _find_importers():
+        tup = importer._cache.get('mitogen.core')
+        if tup is not None:
+            return tup
+    return ('mitogen.core', None, 'mitogen/core.py',
+            mitogen.parent._core_cache()[1], [])
 
 
 def _find_importers():
@@ -219,12 +230,12 @@ _inherited_leftovers = []
 
 
 class _ForkSetup(object):
-    """What the fork does between :func:`os.fork` and running its context.
+    """What the fork does between ``os.fork()`` and running its context.
     Holds only data gathered by the parent before forking."""
 
-    def __init__(self, config, core_src, options):
+    def __init__(self, config, core_entry, options):
         self.config = config
-        self.core_src = core_src
+        self.core_entry = core_entry
         self.on_fork = options.on_fork
         self.on_start = options.on_start
         self.name = options.name
@@ -285,10 +296,10 @@ class _ForkSetup(object):
         config['out_fd'] = fd
         config['name'] = self.name or u'fork.%d' % (os.getpid(),)
         econtext = _ForkedContext(config)
-        econtext.core_src = self.core_src
+        econtext.core_src = None
+        econtext.core_entry = self.core_entry
         econtext.ready_line = _ready_line()
-        econtext.inherited_importer = (old_importers[0] if old_importers
-                                       else None)
+        econtext.inherited_importers = old_importers
         econtext.inherited_main = self._inherited_main()
         if self.on_start is not None:
             econtext.on_start = _reporting(self.on_start)
@@ -388,23 +399,37 @@ def _reset_logging():
 class _ForkedContext(mitogen.core.ExternalContext):
     """The child context of a fork: shares the importer state and the
     ``__main__`` module it inherited."""
-    inherited_importer = None
+    core_entry = None
+    inherited_importers = ()
     inherited_main = None
 
     def _setup_importer(self):
         super(_ForkedContext, self)._setup_importer()
-        old = self.inherited_importer
-        if old is None:
-            return
-        # Modules the forking child fetched need no new round trip.
         new = self.importer
-        for name, tup in list(old._cache.items()):
-            new._cache.setdefault(name, tup)
-        for name, reason in list(old._absent.items()):
-            new._absent.setdefault(name, reason)
-        new._refused.update(old._refused)
-        for name, present in list(old._present.items()):
-            new._present.setdefault(name, present)
+        new._cache['mitogen.core'] = self.core_entry
+        for old in self.inherited_importers:
+            # Modules the forking child fetched need no new round trip.
+            for name, tup in list(old._cache.items()):
+                new._cache.setdefault(name, tup)
+            for name, reason in list(old._absent.items()):
+                new._absent.setdefault(name, reason)
+            new._refused.update(old._refused)
+            for name, present in list(old._present.items()):
+                new._present.setdefault(name, present)
+        if self.inherited_importers:
+            self._adopt_modules(new)
+
+    def _adopt_modules(self, new):
+        # Modules loaded by the old importer still name it as their loader,
+        # and importlib.resources, get_source() and reload() would go
+        # through it, to a router that does not exist in the fork.
+        old = self.inherited_importers
+        for module in list(sys.modules.values()):
+            if any(getattr(module, '__loader__', None) is o for o in old):
+                module.__loader__ = new
+            spec = getattr(module, '__spec__', None)
+            if any(getattr(spec, 'loader', None) is o for o in old):
+                spec.loader = new
 
     def importer_main(self):
         if self._main_module is None and self.inherited_main is not None:
