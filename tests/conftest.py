@@ -13,7 +13,9 @@ import pytest
 import interpreters
 import leakcheck
 
-pytest_plugins = ['pytester']
+# sshd: the private OpenSSH server (fixture sshd).
+# users: the test accounts and sudo/doas rules (test_users, user_python).
+pytest_plugins = ['pytester', 'sshd', 'users']
 
 
 def pytest_configure(config):

@@ -13,6 +13,7 @@ machine's own sshd, keys and ``~/.ssh`` are never used or changed.
 * ``SetEnv PYENV_VERSION=...`` lists every pyenv interpreter of root
   (pyenv's global version first), so ``python2.7``, ``python3.6``, ... run
   by name in a root login; other users only have the system ``python3``.
+  Root's ``~/.bashrc`` (``pyenv init``) runs at every root login.
 * The client side never reads ``~/.ssh/config`` or the machine's known
   hosts: :meth:`SshServer.client_config` writes an ``ssh -F`` file that
   trusts exactly this server's host key.
@@ -34,10 +35,12 @@ SSHD = '/usr/sbin/sshd'
 SSH_KEYGEN = 'ssh-keygen'
 HOST = '127.0.0.1'
 
-#: Accounts whose authorized keys file holds the client key.
+#: Accounts whose authorized keys file holds the client key: root and the
+#: accounts of :mod:`users`.
 KEY_USERS = ('root', 'mitouser', 'mitonp', 'mitopw')
 
-#: Accounts that may also log in with a password.
+#: Accounts that may also log in with a password (sshd ``Match User``
+#: patterns).
 PASSWORD_USERS = ('mitopw',)
 
 #: Key exchange for the client: the default post-quantum one costs ~80 ms
@@ -98,7 +101,8 @@ class SshServer(object):
 
     .. attribute:: host_key_line
 
-       The server's key as a known hosts line.
+       The server's key as a known hosts line, for ``127.0.0.1`` and
+       ``localhost`` on :attr:`port`.
     """
     host = HOST
 
@@ -122,9 +126,13 @@ class SshServer(object):
         os.mkdir(keys)
         os.chmod(keys, 0o755)
         for user in KEY_USERS:
-            dest = os.path.join(keys, user)
-            shutil.copy(self.client_key + '.pub', dest)
-            os.chmod(dest, 0o644)
+            self.authorize(user)
+
+    def authorize(self, user):
+        """Let `user` log in with :attr:`client_key`."""
+        dest = os.path.join(self.tmpdir, 'keys', user)
+        shutil.copy(self.client_key + '.pub', dest)
+        os.chmod(dest, 0o644)
 
     def _write_config(self):
         lines = [
@@ -145,7 +153,11 @@ class SshServer(object):
         ]
         versions = pyenv_versions()
         if versions:
-            lines.append('SetEnv PYENV_VERSION=' + ':'.join(versions))
+            # PYENV_REHASH_TIMEOUT=0: root's ~/.bashrc runs "pyenv rehash"
+            # at every login, which waits up to a minute for a lock other
+            # logins may hold; a login needs no rehash.
+            lines.append('SetEnv PYENV_VERSION=%s PYENV_REHASH_TIMEOUT=0'
+                         % ':'.join(versions))
         lines += ['Match User ' + ','.join(PASSWORD_USERS),
                   '    PasswordAuthentication yes']
         with open(self.config_path, 'w') as f:
@@ -209,9 +221,12 @@ class SshServer(object):
 
     @property
     def host_key_line(self):
+        # Under both names: a ProxyJump hop must name the server differently
+        # from the target, or ssh refuses the "jumphost loop".
         with open(self.host_key + '.pub') as f:
             key_type, key = f.read().split()[:2]
-        return '[%s]:%d %s %s\n' % (HOST, self.port, key_type, key)
+        return '[%s]:%d,[localhost]:%d %s %s\n' % (
+            HOST, self.port, self.port, key_type, key)
 
     def _write_known_hosts(self):
         with open(self.known_hosts, 'w') as f:
@@ -256,7 +271,7 @@ class SshServer(object):
             identity_file=self.client_key,
             ssh_args=['-F', self.client_config(known_hosts)] + list(ssh_args),
             python_path='python3',
-            connect_timeout=20,
+            connect_timeout=30,
         )
         result.update(kwargs)
         return result
@@ -281,3 +296,4 @@ def sshd():
     finally:
         server.stop()
         shutil.rmtree(tmpdir, ignore_errors=True)
+

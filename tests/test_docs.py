@@ -46,5 +46,6 @@ def test_api_reference_documents_the_public_modules(build):
         page = fp.read()
     for target in ('mitogen.main', 'mitogen.core.CallError.type_name',
                    'mitogen.parent.Context.call', 'mitogen.local.Connection',
-                   'mitogen.master.Router', 'mitogen.utils.run_with_router'):
+                   'mitogen.master.Router', 'mitogen.utils.run_with_router',
+                   'mitogen.paramiko.Connection'):
         assert 'id="%s"' % (target,) in page, target

@@ -135,7 +135,8 @@ def test_opted_out():
 
 
 def test_fixture_turns_each_kind_of_leak_into_an_error(pytester):
-    for name in ('leakcheck.py', 'interpreters.py'):
+    # conftest.py loads these as plugins.
+    for name in ('leakcheck.py', 'interpreters.py', 'sshd.py', 'users.py'):
         shutil.copy(os.path.join(HERE, name), str(pytester.path))
     with open(os.path.join(HERE, 'conftest.py')) as f:
         conftest = f.read()

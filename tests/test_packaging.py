@@ -27,6 +27,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = os.path.join(ROOT, 'packages')
 CORE_DIR = os.path.join(PACKAGES, 'mitogen-core', 'mitogen')
 MASTER_DIR = os.path.join(PACKAGES, 'mitogen-master', 'mitogen')
+#: Every distribution of the workspace (a folder of packages/ with a
+#: pyproject.toml).
+DISTRIBUTIONS = sorted(
+    d for d in os.listdir(PACKAGES)
+    if os.path.isfile(os.path.join(PACKAGES, d, 'pyproject.toml')))
 
 #: Modules that only ever run in a master (modern Python only); every other
 #: module of the package may run in a child.
@@ -104,15 +109,15 @@ WHEEL_SCRIPT = textwrap.dedent('''
 
 @pytest.fixture(scope='module')
 def wheel_venv(tmp_path_factory):
-    """A fresh virtual environment holding the mitogen-core and
-    mitogen-master wheels built from this checkout; returns its python."""
+    """A fresh virtual environment holding the wheels of every
+    distribution built from this checkout; returns its python."""
     for module in ('setuptools', 'wheel'):
         if importlib.util.find_spec(module) is None:
             pytest.skip('%s is not installed in %s: scripts/setup installs '
                         'it' % (module, sys.prefix))
     base = tmp_path_factory.mktemp('wheels')
     sources = []
-    for name in ('mitogen-core', 'mitogen-master'):
+    for name in DISTRIBUTIONS:
         # Build from a copy: an in-tree build writes build/ and egg-info
         # into the checkout that other tests import from.
         dest = base / 'src' / name
@@ -127,7 +132,7 @@ def wheel_venv(tmp_path_factory):
          '-w', str(out)] + sources)
     wheels = sorted(glob.glob(str(out / '*.whl')))
     assert [os.path.basename(w).split('-')[0] for w in wheels] == [
-        'mitogen_core', 'mitogen_master']
+        name.replace('-', '_') for name in DISTRIBUTIONS]
     venv = base / 'venv'
     run([sys.executable, '-m', 'venv', '--without-pip', str(venv)])
     python = str(venv / 'bin' / 'python')
@@ -161,6 +166,10 @@ def test_installed_wheels_make_mitogen_one_directory(wheel_run):
 
 def test_installed_wheels_register_the_local_transport(wheel_run):
     assert ['local', 'mitogen.local:Connection'] in wheel_run['transports']
+
+
+def test_installed_wheels_register_the_ssh_transport(wheel_run):
+    assert ['ssh', 'mitogen.ssh:Connection'] in wheel_run['transports']
 
 
 def test_checkout_and_wheels_offer_the_same_modules(wheel_venv, tmp_path):
@@ -211,6 +220,19 @@ def test_master_requires_a_compatible_range_of_core():
     assert core.specifier.contains(mitogen.core.__version__)
     # Compatible means bounded: a later, incompatible core is refused.
     assert any(s.operator in ('<', '<=', '~=', '==') for s in core.specifier)
+
+
+def test_ssh_requires_a_compatible_range_of_master():
+    from packaging.requirements import Requirement
+
+    requirements = [Requirement(r) for r in
+                    importlib.metadata.requires('mitogen-ssh') or ()]
+    [master] = [r for r in requirements if r.name == 'mitogen-master']
+
+    assert master.specifier.contains(importlib.metadata.version(
+        'mitogen-master'))
+    assert any(s.operator in ('<', '<=', '~=', '==')
+               for s in master.specifier)
 
 
 def test_local_transport_is_registered_as_an_entry_point():

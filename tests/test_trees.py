@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -31,7 +32,7 @@ from support import tree_helpers as th
 #: Seconds any single wait in these tests may take before it fails.
 WAIT = 10.0
 #: Seconds within which a broken tree must fail the calls pending in it.
-PROMPT = 5.0
+PROMPT = 10.0
 
 
 def interp(version):
@@ -103,9 +104,9 @@ def wait_until(predicate, timeout=WAIT):
 
 
 def route_of(router, context):
-    """ID of the neighbour the master sends messages for `context` to, or
-    None when it has no route."""
-    stream = router._stream_by_id.get(context.context_id)
+    """ID of the neighbour the master sends messages for `context` (or a
+    context ID) to, or None when it has no route."""
+    stream = router._stream_by_id.get(getattr(context, 'context_id', context))
     return None if stream is None else stream.protocol.remote_id
 
 
@@ -201,6 +202,52 @@ def test_via_an_unknown_context_id_fails_instead_of_hanging(router):
     with pytest.raises(mitogen.core.ChannelError):
         router.local(via=ghost)
     assert time.monotonic() - started < PROMPT
+
+
+def test_many_grandchildren_started_at_once_through_one_intermediate(
+        spawn):
+    i = spawn()
+    results, errors = [], []
+
+    def start():
+        try:
+            g = spawn(via=i)
+            results.append((g.context_id, g.call(th.pid)))
+        except Exception as e:  # reported below
+            errors.append(e)
+    threads = [threading.Thread(target=start) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert len(set(r[0] for r in results)) == len(set(r[1] for r in results)) == 6
+
+
+def test_context_started_by_a_child_on_its_own_is_reachable_from_the_master(
+        router, spawn):
+    i = spawn()
+    context_id, name = i.call(th.start_child, sys.executable)
+    # The child announced it with ADD_ROUTE before its call returned.
+    assert route_of(router, context_id) == i.context_id
+    ctx = router.context_by_id(context_id)
+    assert ctx.name == '%s.%s' % (i.name, name)
+    assert ctx.call(th.ids) == (context_id, [i.context_id, 0])
+
+
+def test_shutdown_of_the_root_of_a_ten_hop_chain_ends_every_process(
+        router):
+    contexts = []
+    via = None
+    for _ in range(10):
+        via = router.local(via=via, python_path=sys.executable) if via \
+            else router.local(python_path=sys.executable)
+        contexts.append(via)
+    pids = [ctx.call(th.pid) for ctx in contexts]
+    contexts[0].shutdown(wait=True)
+    assert [pid for pid in pids if not gone(pid)] == []
+    assert [ctx for ctx in contexts if route_of(router, ctx) is not None] \
+        == []
 
 
 # ---------------------------------------------------------------------------
@@ -331,6 +378,24 @@ def test_departed_context_is_gone_when_its_shutdown_returns(spawn):
     c_pid = c.call(th.pid)
     c.shutdown(wait=True)
     assert gone(c_pid)
+
+
+def test_message_for_an_id_unknown_below_a_stale_route_gets_a_dead_reply(
+        router, spawn):
+    # The master still routes an ID through I (as it does for a context
+    # whose DEL_ROUTE is on its way) but I knows no such context.
+    i = spawn()
+    ghost = router.id_allocator.allocate()
+    router.add_route(ghost, router._stream_by_id[i.context_id])
+    try:
+        ctx = router.context_by_id(ghost)
+        started = time.monotonic()
+        with pytest.raises(mitogen.core.ChannelError):
+            ctx.send_await(mitogen.core.Message(handle=4242),
+                           deadline=PROMPT * 3)
+        assert time.monotonic() - started < PROMPT
+    finally:
+        router._stream_by_id.pop(ghost, None)
 
 
 def test_calling_a_departed_grandchild_fails_at_once(spawn):
@@ -619,6 +684,106 @@ def test_forward_modules_to_a_direct_child(router, spawn, master_site):
     assert c.call(th.import_counting_requests, 'pushed_direct') == []
 
 
+def test_missing_module_fails_a_grandchild_import_promptly(
+        router, spawn):
+    i = spawn()
+    g1 = spawn(via=i)
+    name = 'no_such_module_anywhere_%d' % (os.getpid(),)
+    started = time.monotonic()
+    with pytest.raises(mitogen.core.CallError) as info:
+        g1.call(th.call_in, name, 'f')
+    assert time.monotonic() - started < PROMPT
+    assert info.value.type_name in ('builtins.ModuleNotFoundError',
+                                    'exceptions.ImportError',
+                                    'builtins.ImportError')
+    before = router.responder.get_module_count
+    g2 = spawn(via=i)
+    with pytest.raises(mitogen.core.CallError):
+        g2.call(th.call_in, name, 'f')
+    assert router.responder.get_module_count - before == 0
+
+
+def test_grandchild_reads_package_resources_through_its_intermediate(
+        spawn, master_site):
+    master_site({'respkg/__init__.py': '',
+                 'respkg/data.txt': 'resource via a hop\n'})
+    i = spawn()
+    g = spawn(via=i)
+    assert g.call(th.read_resource, 'respkg', 'data.txt') == \
+        b'resource via a hop\n'
+
+
+def test_great_grandchild_reads_package_resources_through_two_hops(
+        spawn, master_site):
+    master_site({'respkg2/__init__.py': '',
+                 'respkg2/data.txt': 'two hops\n'})
+    i = spawn()
+    g = spawn(via=i)
+    gg = spawn(via=g)
+    assert gg.call(th.read_resource, 'respkg2', 'data.txt') == b'two hops\n'
+
+
+def test_large_binary_resource_arrives_intact_through_two_hops(
+        spawn, master_site):
+    base = master_site({'respkg3/__init__.py': ''})
+    payload = os.urandom(300000)
+    (base / 'respkg3' / 'blob.bin').write_bytes(payload)
+    i = spawn()
+    g = spawn(via=i)
+    gg = spawn(via=g)
+    assert gg.call(th.read_resource, 'respkg3', 'blob.bin') == payload
+
+
+def test_missing_resource_raises_file_not_found_through_a_hop(
+        spawn, master_site):
+    master_site({'respkg4/__init__.py': ''})
+    i = spawn()
+    g = spawn(via=i)
+    with pytest.raises(mitogen.core.CallError) as info:
+        g.call(th.read_resource, 'respkg4', 'absent.txt')
+    assert info.value.type_name == 'builtins.FileNotFoundError'
+
+
+# ---------------------------------------------------------------------------
+# Connection errors through an intermediate
+# ---------------------------------------------------------------------------
+
+def test_child_that_exits_at_once_raises_eof_error_through_a_hop(spawn):
+    i = spawn()
+    with pytest.raises(mitogen.parent.EofError) as info:
+        spawn(via=i, python_path=[sys.executable, '-c',
+                                  'import sys; sys.exit("gone early")'])
+    assert i.name in str(info.value)
+    assert 'gone early' in str(info.value)
+
+
+def test_child_that_never_starts_raises_timeout_error_through_a_hop(spawn):
+    i = spawn()
+    started = time.monotonic()
+    with pytest.raises(mitogen.core.TimeoutError) as info:
+        spawn(via=i, connect_timeout=1,
+              python_path=[sys.executable, '-c',
+                           'import time; time.sleep(30)'])
+    assert time.monotonic() - started < 10
+    assert i.name in str(info.value)
+
+
+def test_unstartable_program_raises_stream_error_through_a_hop(spawn):
+    i = spawn()
+    with pytest.raises(mitogen.core.StreamError) as info:
+        spawn(via=i, python_path='/nonexistent/python')
+    assert '/nonexistent/python' in str(info.value)
+
+
+def test_intermediate_survives_a_failed_connection_and_starts_the_next(
+        spawn):
+    i = spawn()
+    with pytest.raises(mitogen.core.StreamError):
+        spawn(via=i, python_path='/nonexistent/python')
+    g = spawn(via=i)
+    assert g.call(th.ids) == (g.context_id, [i.context_id, 0])
+
+
 # ---------------------------------------------------------------------------
 # 5. Disconnects propagate
 # ---------------------------------------------------------------------------
@@ -690,6 +855,54 @@ def test_killing_a_grandchild_intermediate_spares_its_parent(router, doomed):
     assert route_of(router, i) == i.context_id
 
 
+def test_killing_a_grandchild_intermediate_fails_calls_pending_below_it(
+        doomed):
+    i, g, gg, pids = doomed
+    pending = [ctx.call_async(th.sleep, 60) for ctx in (g, gg)]
+    os.kill(pids[g], signal.SIGKILL)
+    started = time.monotonic()
+    for recv in pending:
+        with pytest.raises(mitogen.core.ChannelError):
+            recv.get(timeout=PROMPT).unpickle()
+    assert time.monotonic() - started < PROMPT
+    assert i.call(th.ids)[0] == i.context_id
+
+
+def test_killing_a_leaf_grandchild_fails_its_pending_call_and_spares_the_rest(
+        router, doomed):
+    i, g, gg, pids = doomed
+    pending = gg.call_async(th.sleep, 60)
+    os.kill(pids[gg], signal.SIGKILL)
+    with pytest.raises(mitogen.core.ChannelError):
+        pending.get(timeout=PROMPT).unpickle()
+    assert route_of(router, gg) is None
+    assert gg.context_id not in g.call(th.routes)
+    assert g.call(th.ids)[0] == g.context_id
+
+
+def test_disconnecting_a_grandchild_spares_its_intermediate(router, doomed):
+    i, g, gg, pids = doomed
+    fired = dict((ctx, watch(ctx)) for ctx in (i, g, gg))
+    router.disconnect(g)
+    assert wait_until(lambda: fired[g] and fired[gg], PROMPT)
+    assert wait_until(lambda: gone(pids[g]) and gone(pids[gg]))
+    assert fired[i] == []
+    assert i.call(th.ids)[0] == i.context_id
+    assert route_of(router, i) == i.context_id
+
+
+def test_disconnecting_a_great_grandchild_spares_every_context_above_it(
+        router, doomed):
+    i, g, gg, pids = doomed
+    pending = gg.call_async(th.sleep, 60)
+    router.disconnect(gg)
+    with pytest.raises(mitogen.core.ChannelError):
+        pending.get(timeout=PROMPT).unpickle()
+    assert wait_until(lambda: gone(pids[gg]))
+    assert g.call(th.ids)[0] == g.context_id
+    assert gg.context_id not in g.call(th.routes)
+
+
 def test_shutdown_of_an_intermediate_returns_after_its_whole_subtree_exited(
         doomed):
     i, g, gg, pids = doomed
@@ -717,3 +930,25 @@ def test_shutdown_of_an_intermediate_with_busy_descendants_still_ends_them(
     for recv in busy:
         with pytest.raises(mitogen.core.ChannelError):
             recv.get(timeout=PROMPT)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    'a context that reaches its shutdown deadline with a child still '
+    'running closes the stream to its parent before it signals and reaps '
+    'that child (which takes 2 s for a process that ignores SIGTERM); its '
+    'parent signals it 1 s after that stream closed, so the frozen child '
+    'is orphaned and shutdown(wait=True) returns while it remains'))
+@pytest.mark.parametrize('frozen', ['child', 'grandchild'])
+def test_shutdown_of_an_intermediate_with_a_frozen_descendant_still_ends_it(
+        doomed, frozen):
+    i, g, gg, pids = doomed
+    victim = g if frozen == 'child' else gg
+    os.kill(pids[victim], signal.SIGSTOP)
+    try:
+        i.shutdown(wait=True)
+        assert [ctx for ctx in (i, g, gg) if not gone(pids[ctx])] == []
+    finally:
+        for ctx in (g, gg):
+            if not gone(pids[ctx]):
+                os.kill(pids[ctx], signal.SIGKILL)
+                wait_until(lambda: gone(pids[ctx]))

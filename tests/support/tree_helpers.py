@@ -70,6 +70,23 @@ def call_in(modname, funcname, *args):
     return getattr(module, funcname)(*args)
 
 
+def read_resource(package, name):
+    """``importlib.resources.files(package).joinpath(name).read_bytes()``
+    (Python 3.9+)."""
+    import importlib.resources as resources
+    return resources.files(package).joinpath(name).read_bytes()
+
+
+@mitogen.core.takes_econtext
+def start_child(python_path, econtext):
+    """Start a child of this context on its own initiative (no request from
+    the master); return its ``(context_id, name)`` as known here."""
+    import mitogen.parent
+    router = mitogen.parent.upgrade_router(econtext)
+    ctx = router.local(python_path=python_path)
+    return ctx.context_id, text(ctx.name)
+
+
 # -- disconnect signals ------------------------------------------------------
 
 _disconnected = {}

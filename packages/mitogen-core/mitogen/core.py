@@ -2494,6 +2494,10 @@ class Router(object):
         if out is in_stream:
             LOG.error('%r: dropped %r: would be sent back where it came '
                       'from', self, msg)
+            # E.g. a route the sender's side still holds for a context gone
+            # here: its caller fails now, not when it gives up waiting.
+            self._maybe_send_dead(msg, 'no route to context %r from '
+                                  'context %r', msg.dst_id, self.context_id)
             return
         if (self.unidirectional and in_stream is not None and
                 not in_stream.protocol.is_privileged and

@@ -898,6 +898,13 @@ class Router(mitogen.core.Router):
         self._reaped[context_id] = mitogen.core.Latch()
         mitogen.core.listen(stream, 'disconnect',
                             lambda: self._on_child_disconnect(context_id))
+        # Messages read along with the ready line go before the broker first
+        # polls the stream, which may already be at its end: queued ahead of
+        # register()'s start_receive, with the route to the child in place.
+        self._context_by_id[context_id] = context
+        self.add_route(context_id, stream)
+        if rest:
+            self.broker.defer(stream.protocol.on_receive, self.broker, rest)
         self.register(context, stream)
         for attr in ('stderr_fd', 'tty_fd'):
             # Whatever the child or its login program writes there later
@@ -914,8 +921,6 @@ class Router(mitogen.core.Router):
             err.receive_side.keep_alive = False
             setattr(conn, attr, None)
             self.broker.start_receive(err)
-        if rest:
-            self.broker.defer(stream.protocol.on_receive, self.broker, rest)
         self.propagate_route(context_id, conn.name)
         LOG.debug('%r: connected %r (pid %s, Python %s)', self, context,
                   conn.pid, conn.remote_python_version)
@@ -975,10 +980,17 @@ class Router(mitogen.core.Router):
                 latch.put(None)
 
     def disconnect(self, context):
-        """Disconnect `context` at once, without a graceful shutdown."""
+        """Disconnect `context` at once, without a graceful shutdown. A
+        context reached through another is disconnected by its own parent;
+        the contexts on the way are left alone."""
         stream = self._stream_by_id.get(context.context_id)
-        if stream is not None:
-            self.broker.defer(stream.on_disconnect, self.broker)
+        if stream is None:
+            return
+        if stream.protocol.remote_id != context.context_id:
+            hop = self.context_by_id(stream.protocol.remote_id)
+            hop.call_no_reply(_disconnect_descendant, context.context_id)
+            return
+        self.broker.defer(stream.on_disconnect, self.broker)
 
     def disconnect_all(self):
         """Disconnect every directly connected child."""
@@ -1066,7 +1078,11 @@ class ModuleForwarder(object):
 
     :data:`mitogen.core.FORWARD_MODULE` ``(context_id, fullname)`` from an
     ancestor asks it to send a module it holds to a descendant ahead of
-    time."""
+    time.
+
+    :data:`mitogen.core.GET_RESOURCE` requests (package data) are relayed to
+    the parent, and its answers back, so ``importlib.resources`` works at
+    any depth."""
 
     def __init__(self, router, parent, importer):
         self.router = router
@@ -1077,9 +1093,25 @@ class ModuleForwarder(object):
         router.add_handler(self._on_forward_module,
                            mitogen.core.FORWARD_MODULE,
                            policy=mitogen.core.has_parent_authority)
+        router.add_handler(self._on_get_resource, mitogen.core.GET_RESOURCE)
 
     def __repr__(self):
         return 'ModuleForwarder'
+
+    def _on_get_resource(self, msg):
+        if msg.is_dead:
+            return
+
+        def relay(reply):
+            # A dead reply (the parent refused or went away) stays dead.
+            msg.reply(mitogen.core.Message(data=reply.data, flags=reply.flags,
+                                           reply_to=reply.reply_to),
+                      router=self.router)
+        handle = self.router.add_handler(relay, persist=False,
+                                         respondent=self.parent)
+        self.parent.send(mitogen.core.Message(
+            data=msg.data, flags=msg.flags, handle=mitogen.core.GET_RESOURCE,
+            reply_to=handle))
 
     def _on_get_module(self, msg):
         if msg.is_dead:
@@ -1154,6 +1186,14 @@ def _decode_callables(kwargs):
 
 
 @mitogen.core.takes_econtext
+def _disconnect_descendant(context_id, econtext):
+    """Run by :meth:`Router.disconnect` in the next context on the way to
+    `context_id`."""
+    router = upgrade_router(econtext)
+    router.disconnect(router.context_by_id(context_id))
+
+
+@mitogen.core.takes_econtext
 def _proxy_connect(target, kwargs, econtext):
     """Run in an intermediate context by :meth:`Router.proxy_connect`: start
     a child with the connection class named by `target` ("module:Class")."""
@@ -1195,6 +1235,7 @@ class Reaper(object):
 
     def start(self):
         self._deadline = now() + self.grace[0]
+        self.broker.reaping.add(self)
         mitogen.core.listen(self.broker, 'exit', self._on_broker_exit)
         self._poll()
 
@@ -1207,25 +1248,33 @@ class Reaper(object):
             self.latch = None
             if self.on_done is not None:
                 self.on_done()
+        self.broker.reaping.discard(self)
         mitogen.core.unlisten(self.broker, 'exit', self._on_broker_exit)
 
     def _poll(self):
         if self.proc.poll() is not None:
             self._done()
             return
-        if now() >= self._deadline:
-            if not self._signals:
-                self._done()
-                return
+        # After SIGKILL, wait for the exit however long a loaded machine
+        # takes to deliver it: giving up would leave an unreaped process.
+        if self._signals and now() >= self._deadline:
             sig = self._signals.pop(0)
-            LOG.debug('%r: sending signal %d to pid %d', self, sig,
+            LOG.debug('%r: sending signal %d to pid %s', self, sig,
                       self.proc.pid)
-            try:
-                os.kill(self.proc.pid, sig)
-            except OSError:
-                pass
+            self._signal(sig)
             self._deadline = now() + self.grace[1]
         self.broker.timers.schedule(0.01, self._poll)
+
+    def _signal(self, sig):
+        # A child that is not a local process (a Paramiko channel) has no
+        # pid; its proc object maps signals to what ends it.
+        try:
+            if hasattr(self.proc, 'send_signal'):
+                self.proc.send_signal(sig)
+            else:
+                os.kill(self.proc.pid, sig)
+        except OSError:
+            pass
 
     def _on_broker_exit(self):
         # The broker is gone: finish the job synchronously.
@@ -1235,10 +1284,7 @@ class Reaper(object):
         for sig in self._signals:
             if self.proc.poll() is not None:
                 break
-            try:
-                os.kill(self.proc.pid, sig)
-            except OSError:
-                pass
+            self._signal(sig)
             deadline = now() + self.grace[1]
             while self.proc.poll() is None and now() < deadline:
                 select.select([], [], [], 0.01)

@@ -94,10 +94,10 @@ def _native_list(value, name):
 
 
 class Options(mitogen.parent.Options):
-    """Options of :meth:`mitogen.parent.Router.ssh`; every option of
-    :class:`mitogen.parent.Options` applies too (`python_path` is the
-    interpreter on the target, default ``python``, looked up by the remote
-    login shell).
+    """Options of ``router.ssh()`` (:meth:`mitogen.parent.Router.connect`
+    with ``'ssh'``); every option of :class:`mitogen.parent.Options` applies
+    too. `python_path` is the interpreter on the target, default
+    ``python``, looked up by the remote login shell.
 
     :param str hostname: host to connect to.
     :param str username: user to log in as; default: ``ssh`` picks it.
@@ -180,8 +180,8 @@ class Connection(mitogen.parent.Connection):
         self._password_sent = False
 
     def get_python_argv(self):
-        return list(self.options.python_path or
-                    self.options.default_python_path)
+        return [mitogen.core.to_native(arg) for arg in
+                self.options.python_path or self.options.default_python_path]
 
     def get_ssh_argv(self):
         """Return the ``ssh`` argv up to and including the host name."""
@@ -194,8 +194,10 @@ class Connection(mitogen.parent.Connection):
         if o.check_host_keys == 'ignore':
             argv += ['-o', 'UserKnownHostsFile=/dev/null',
                      '-o', 'GlobalKnownHostsFile=/dev/null']
+        # A little under connect_timeout: an unreachable host fails with
+        # ssh's own explanation rather than with our deadline's.
         argv += ['-o', 'ConnectTimeout=%d'
-                 % max(1, int(math.ceil(o.connect_timeout)))]
+                 % max(1, int(math.floor(o.connect_timeout * 0.9)))]
         if o.keepalive_enabled:
             argv += ['-o', 'ServerAliveInterval=%d' % (o.keepalive_interval,),
                      '-o', 'ServerAliveCountMax=%d' % (o.keepalive_count,)]
@@ -281,11 +283,8 @@ class Connection(mitogen.parent.Connection):
             raise self._host_key_error()
         if PERMISSION_DENIED.search(seen):
             raise self._auth_error()
+        # There is a tty only when a password was given.
         if fd == self.tty_fd and PASSWORD_PROMPT.search(seen):
-            if self.options.password is None:
-                raise PasswordError(
-                    'SSH password was requested, but none specified (%s)'
-                    % (self._target(),))
             if self._password_sent:
                 raise self._auth_error()
             self._password_sent = True
