@@ -436,10 +436,7 @@ class Process(object):
         # recv_exit_status() returns as soon as it or the close arrives.
         status = channel.recv_exit_status()
         channel.close()
-        for client in reversed(self.clients):
-            client.close()
-        for transport in self._transports:
-            transport.join()
+        _close_clients(self.clients)
         with self._lock:
             self._closed = True
             self._sock.close()
