@@ -12,6 +12,7 @@ Every benchmark uses its own Router; children run ``sys.executable`` (the
 virtual environment's interpreter, never a pyenv shim).
 
     python bench/bench_core.py [--quick] [--bench NAME ...]
+        [--ssh-port PORT --ssh-key FILE --ssh-known-hosts FILE]
 """
 import argparse
 import importlib
@@ -315,6 +316,72 @@ def bench_import(opts):
          local_compile_ms=local * 1e3, modules=count, n=n)
 
 
+def ssh_connect(router, method, opts):
+    """A context on the benchmark's sshd through `method` ('ssh': the
+    OpenSSH client, 'paramiko': ours only)."""
+    common = dict(hostname=opts.ssh_host, port=opts.ssh_port,
+                  username=opts.ssh_user, identity_file=opts.ssh_key,
+                  check_host_keys='enforce', compression=True,
+                  python_path=opts.ssh_python, connect_timeout=30)
+    if method == 'paramiko':
+        return router.paramiko(known_hosts_file=opts.ssh_known_hosts,
+                               **common)
+    # The same client settings for both libraries: only this known hosts
+    # file, the fast key exchange, and the same keepalives.
+    ssh_args = ['-F', '/dev/null',
+                '-o', 'UserKnownHostsFile=' + opts.ssh_known_hosts,
+                '-o', 'GlobalKnownHostsFile=/dev/null',
+                '-o', 'KexAlgorithms=curve25519-sha256']
+    return router.ssh(ssh_args=ssh_args, keepalive_enabled=True,
+                      keepalive_count=10, keepalive_interval=30, **common)
+
+
+def measure_ssh(router, method, opts):
+    """(connect + first call samples, pooled call round trip samples)."""
+    n, contexts, calls, warm = (3, 1, 100, 10) if opts.quick else \
+        (10, 3, 300, 30)
+    boot, samples = [], []
+    for i in range(n + 1):
+        t0 = time.perf_counter()
+        ctx = ssh_connect(router, method, opts)
+        ctx.call(os.getpid)
+        boot.append(time.perf_counter() - t0)
+        if i < contexts:
+            for _ in range(warm):
+                ctx.call(noop)
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                ctx.call(noop)
+                samples.append(time.perf_counter() - t0)
+        ctx.shutdown(wait=True)
+    return boot, samples
+
+
+def bench_ssh(opts):
+    """Over an sshd on 127.0.0.1 (bench/run starts a private one): a new
+    ssh context + its first call (the first of a fresh master separately),
+    and the call round trip. With the paramiko method (this project only),
+    the same figures under ``paramiko_*``."""
+    if not (opts.ssh_port and opts.ssh_key and opts.ssh_known_hosts):
+        raise RuntimeError('no sshd given: run through bench/run, or pass '
+                           '--ssh-port, --ssh-key and --ssh-known-hosts')
+    metrics = {}
+    methods = ['ssh']
+    try:
+        import mitogen.paramiko  # noqa: F401  (not in Mitogen 0.3.54)
+        methods.append('paramiko')
+    except ImportError:
+        pass
+    for method in methods:
+        with mitogen.master.Router() as router:
+            boot, samples = measure_ssh(router, method, opts)
+        prefix = '' if method == 'ssh' else method + '_'
+        metrics[prefix + 'first_ms'] = boot[0] * 1e3
+        metrics[prefix + 'connect_ms'] = median(boot[1:]) * 1e3
+        metrics[prefix + 'roundtrip_us'] = median(samples) * 1e6
+    emit('ssh', **metrics)
+
+
 BENCHES = [
     ('bootstrap', bench_bootstrap),
     ('roundtrip', bench_roundtrip),
@@ -323,6 +390,7 @@ BENCHES = [
     ('bulk_4MiB', lambda opts: bench_bulk(opts, 4)),
     ('bulk_32MiB', lambda opts: bench_bulk(opts, 32)),
     ('import', bench_import),
+    ('ssh', bench_ssh),
 ]
 
 
@@ -333,6 +401,16 @@ def main():
     parser.add_argument('--bench', action='append', metavar='NAME',
                         choices=[name for name, _ in BENCHES],
                         help='run only this benchmark (repeatable)')
+    ssh = parser.add_argument_group('ssh benchmark (bench/run sets these)')
+    ssh.add_argument('--ssh-host', default='127.0.0.1')
+    ssh.add_argument('--ssh-port', type=int, help='port of the sshd')
+    ssh.add_argument('--ssh-user', default='root')
+    ssh.add_argument('--ssh-key', help='private key the sshd accepts')
+    ssh.add_argument('--ssh-known-hosts',
+                     help='known hosts file holding the sshd host key')
+    ssh.add_argument('--ssh-python', default=os.path.realpath(sys.executable),
+                     help='interpreter of the remote side (default: the one '
+                     'this venv is built on)')
     opts = parser.parse_args()
     for name, func in BENCHES:
         if opts.bench and name not in opts.bench:

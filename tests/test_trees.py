@@ -932,12 +932,6 @@ def test_shutdown_of_an_intermediate_with_busy_descendants_still_ends_them(
             recv.get(timeout=PROMPT)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'a context that reaches its shutdown deadline with a child still '
-    'running closes the stream to its parent before it signals and reaps '
-    'that child (which takes 2 s for a process that ignores SIGTERM); its '
-    'parent signals it 1 s after that stream closed, so the frozen child '
-    'is orphaned and shutdown(wait=True) returns while it remains'))
 @pytest.mark.parametrize('frozen', ['child', 'grandchild'])
 def test_shutdown_of_an_intermediate_with_a_frozen_descendant_still_ends_it(
         doomed, frozen):

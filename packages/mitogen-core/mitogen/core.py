@@ -1924,7 +1924,20 @@ class Broker(object):
             return False
         while downward_alive() and now() < deadline:
             self._loop_once(max(0, deadline - now()))
+        if downward_alive():
+            # Past the deadline, children that did not go are cut off and
+            # their processes killed now, while our parent still waits for
+            # us: closing our upward stream first would let it kill this
+            # process and orphan them.
+            for s in downward:
+                side = s.receive_side
+                if side is not None and side.keep_alive and not side.closed:
+                    s.on_disconnect(self)
+            self._waker.run_deferred()
+            for reaper in list(self.reaping):
+                reaper.force()
         self._shutdown_streams(upward)
+        deadline = max(deadline, now() + 1.0)
         while self.keep_alive() and now() < deadline:
             self._loop_once(max(0, deadline - now()))
         if self.keep_alive():
@@ -3187,6 +3200,11 @@ class ExternalContext(object):
     def _setup_master(self):
         Router.max_message_size = self.config['max_message_size']
         self.broker = Broker()
+        # Shorter than our parent's, so that at the deadline this context
+        # still has time to kill its own children before its parent gives
+        # up on it.
+        self.broker.shutdown_timeout = float(self.config.get(
+            'shutdown_timeout', Broker.shutdown_timeout))
         self.router = Router(self.broker)
         self.router._my_name = self.config.get('name')
         self.router.unidirectional = bool(self.config.get('unidirectional'))

@@ -30,6 +30,9 @@ import mitogen
 import mitogen.core
 from mitogen.core import LOG, now, to_text
 
+#: Seconds by which a child's shutdown deadline precedes its parent's.
+SHUTDOWN_MARGIN = 1.5
+
 #: Core protocol versions this parent can drive, inclusive.
 SUPPORTED_CORE_PROTOCOLS = (1, 1)
 
@@ -660,6 +663,8 @@ class Connection(object):
             'registered_types': [list(k) for k in router._registered_types],
             'remote_name': self.options.remote_name,
             'unidirectional': self.options.unidirectional,
+            'shutdown_timeout': max(
+                1.0, router.broker.shutdown_timeout - SHUTDOWN_MARGIN),
         }
 
     def connect(self, context_id, name_hint=None):
@@ -818,22 +823,58 @@ class Router(mitogen.core.Router):
         self._reaped = {}
         if mitogen.is_master:
             self.id_allocator = IdAllocator(self)
+        else:
+            # Blocks this context passed down to its children, so that it
+            # can tell which child's subtree owns an ID announced with
+            # ADD_ROUTE, as the master does.
+            self._given_blocks = []
+            self._route_owner = self._owner_of
+            self.add_handler(self._on_allocate_id, mitogen.core.ALLOCATE_ID,
+                             overwrite=True)
 
     def allocate_id(self):
         """Return a new context ID: from the master's counter in the master,
-        else from a block of IDs requested from the master with
-        :data:`mitogen.core.ALLOCATE_ID`."""
+        else from a block of IDs requested from the parent with
+        :data:`mitogen.core.ALLOCATE_ID` (the parent in turn asks its own,
+        up to the master)."""
         if mitogen.is_master:
             return self.id_allocator.allocate()
         with self._id_lock:
             for context_id in self._id_block:
                 return context_id
-            master = mitogen.core.Context(self, 0)
-            start, end = master.send_await(mitogen.core.Message(
+            parent = mitogen.core.Context(self, mitogen.parent_id)
+            start, end = parent.send_await(mitogen.core.Message(
                 handle=mitogen.core.ALLOCATE_ID))
             LOG.debug('%r: allocated IDs %d..%d', self, start, end - 1)
             self._id_block = iter(range(start + 1, end))
             return start
+
+    def _owner_of(self, context_id):
+        for start, end, owner in self._given_blocks:
+            if start <= context_id < end:
+                return owner
+        return None
+
+    def _on_allocate_id(self, msg):
+        # A child asks for a block: ask our own parent for one (without
+        # blocking the broker thread), note which child it went to, and
+        # pass it down.
+        if msg.is_dead:
+            return
+        requester = msg.src_id
+
+        def on_reply(reply):
+            if reply.is_dead:
+                self._maybe_send_dead(msg, reply._dead_reason())
+                return
+            start, end = reply.unpickle()
+            self._given_blocks.append((start, end, requester))
+            msg.reply((start, end))
+        parent = self.context_by_id(mitogen.parent_id)
+        handle = self.add_handler(on_reply, persist=False, respondent=parent)
+        self.route(mitogen.core.Message(
+            dst_id=mitogen.parent_id, handle=mitogen.core.ALLOCATE_ID,
+            reply_to=handle))
 
     def __enter__(self):
         return self
@@ -1275,6 +1316,16 @@ class Reaper(object):
                 os.kill(self.proc.pid, sig)
         except OSError:
             pass
+
+    def force(self):
+        """Shutdown deadline passed: kill the process now and wait for it
+        briefly, synchronously."""
+        if self.proc.poll() is None:
+            self._signal(signal.SIGKILL)
+            deadline = now() + self.grace[1]
+            while self.proc.poll() is None and now() < deadline:
+                select.select([], [], [], 0.01)
+        self._done()
 
     def _on_broker_exit(self):
         # The broker is gone: finish the job synchronously.
