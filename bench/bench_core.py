@@ -9,7 +9,9 @@ that fails prints {"bench": NAME, "error": "..."} and the others still run.
 MB is 10**6 bytes.
 
 Every benchmark uses its own Router; children run ``sys.executable`` (the
-virtual environment's interpreter, never a pyenv shim).
+virtual environment's interpreter, never a pyenv shim), except those of the
+``ssh`` benchmark, which run ``--ssh-python`` on the other side of an sshd
+that bench/run starts.
 
     python bench/bench_core.py [--quick] [--bench NAME ...]
         [--ssh-port PORT --ssh-key FILE --ssh-known-hosts FILE]
@@ -368,7 +370,7 @@ def bench_ssh(opts):
     metrics = {}
     methods = ['ssh']
     try:
-        import mitogen.paramiko  # noqa: F401  (not in Mitogen 0.3.54)
+        importlib.import_module('mitogen.paramiko')  # not in 0.3.54
         methods.append('paramiko')
     except ImportError:
         pass

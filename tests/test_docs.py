@@ -47,5 +47,5 @@ def test_api_reference_documents_the_public_modules(build):
     for target in ('mitogen.main', 'mitogen.core.CallError.type_name',
                    'mitogen.parent.Context.call', 'mitogen.local.Connection',
                    'mitogen.master.Router', 'mitogen.utils.run_with_router',
-                   'mitogen.paramiko.Connection'):
+                   'mitogen.paramiko.Connection', 'mitogen.fakessh.run'):
         assert 'id="%s"' % (target,) in page, target

@@ -222,11 +222,12 @@ def test_master_requires_a_compatible_range_of_core():
     assert any(s.operator in ('<', '<=', '~=', '==') for s in core.specifier)
 
 
-def test_ssh_requires_a_compatible_range_of_master():
+@pytest.mark.parametrize('distribution', ['mitogen-ssh', 'mitogen-fakessh'])
+def test_distribution_requires_a_compatible_range_of_master(distribution):
     from packaging.requirements import Requirement
 
     requirements = [Requirement(r) for r in
-                    importlib.metadata.requires('mitogen-ssh') or ()]
+                    importlib.metadata.requires(distribution) or ()]
     [master] = [r for r in requirements if r.name == 'mitogen-master']
 
     assert master.specifier.contains(importlib.metadata.version(

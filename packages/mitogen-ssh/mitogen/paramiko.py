@@ -347,7 +347,11 @@ class Process(object):
                 self._sock.shutdown(socket.SHUT_RDWR)
             except (OSError, socket.error):
                 pass
-        self._channel.close()
+        try:
+            self._channel.close()
+        except (EOFError, OSError, socket.error):
+            # The last pump thread closed the connection meanwhile.
+            pass
         if sig == signal.SIGKILL:
             # Not SSHClient.close(): the last pump thread may be running it.
             for transport in reversed(self._transports):
