@@ -70,8 +70,6 @@ class Transport(object):
        only process the method starts.
     """
     kill = None
-    kill_xfail = None
-
     def __init__(self, name, connect, stop_pids=()):
         self.name = name
         self._connect = connect
@@ -135,10 +133,6 @@ def make_transport(name, request):
         transport = Transport(name, lambda router: router.su(
             username=users.user, python_path=users.python))
         transport.kill = sigkill_process
-        transport.kill_xfail = (
-            'su -c runs the child in a session of its own (setsid), so '
-            'its death sends the child no SIGHUP, and the pty stays open '
-            'in the master: the child keeps serving its context')
         return transport
     raise ValueError(name)
 
@@ -346,13 +340,10 @@ def test_disconnect_ends_the_child_and_every_process_between(
 
 
 def test_death_of_the_transport_ends_the_child(router, transport,
-                                               fresh_context, request):
+                                               fresh_context):
     if transport.kill is None:
         pytest.skip('%s starts no process or connection between the master '
                     'and the child' % (transport.name,))
-    if transport.kill_xfail:
-        request.applymarker(pytest.mark.xfail(strict=True,
-                                              reason=transport.kill_xfail))
     pids = processes_of(router, transport, fresh_context)
     transport.kill(router.stream_by_id(fresh_context.context_id).conn)
     assert alive_after(pids) == []

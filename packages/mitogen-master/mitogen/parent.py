@@ -963,9 +963,31 @@ class Router(mitogen.core.Router):
             setattr(conn, attr, None)
             self.broker.start_receive(err)
         self.propagate_route(context_id, conn.name)
+        if conn.proc is not None:
+            self.broker.defer(self._watch_process, stream, conn.proc)
         LOG.debug('%r: connected %r (pid %s, Python %s)', self, context,
                   conn.pid, conn.remote_python_version)
         return context
+
+    #: Seconds between checks that the process a connection started (the
+    #: interpreter, or the ssh/sudo/su program in front of it) still runs.
+    process_check_interval = 1.0
+
+    def _watch_process(self, stream, proc):
+        # The stream usually ends when the process does, but not always: su
+        # leaves the child in a session of its own on a pty the master still
+        # holds, so su dying would leave the child serving. Whatever the
+        # method, once the process it started is gone the context is
+        # disconnected, which ends the child.
+        if stream.disconnected:
+            return
+        if proc.poll() is not None:
+            LOG.debug('%r: process %s of %r exited; disconnecting', self,
+                      proc.pid, stream)
+            stream.on_disconnect(self.broker)
+            return
+        self.broker.timers.schedule(self.process_check_interval,
+                                    lambda: self._watch_process(stream, proc))
 
     def local(self, **kwargs):
         """Start a child Python on this machine; see :class:`Options`."""
