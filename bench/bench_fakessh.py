@@ -78,8 +78,12 @@ def main():
         with mitogen.master.Router() as router:
             local = router.local(python_path=sys.executable)
             sudo = router.sudo(username='root', python_path=sys.executable)
+            # Same client settings as the real-ssh way: no compression
+            # (mitogen.ssh compresses by default, which costs more than it
+            # saves on random bytes).
             via = router.ssh(**server.ssh_kwargs(
-                username='root', python_path=sys.executable))
+                username='root', python_path=sys.executable,
+                compression=False))
             ssh_sudo = router.sudo(username='root', via=via,
                                    python_path=sys.executable)
             ways = [
