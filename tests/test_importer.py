@@ -334,6 +334,20 @@ def test_package_of_many_modules_is_preloaded_in_a_few_requests(
     assert router.responder.get_module_count - before == len(requests)
 
 
+@spread(['3.13'])
+def test_preloading_stops_at_the_responders_byte_budget(
+        master_site, router, interpreter, monkeypatch):
+    # With no budget nothing is preloaded, so each module the package
+    # imports costs a request of its own: the budget bounds preloading.
+    files = big_package(25)
+    master_site(files)
+    monkeypatch.setattr(router.responder, 'preload_budget', 0)
+    context = connect(router, interpreter)
+
+    requests = context.call(imp_helpers.import_counting_requests, 'bigpkg')
+    assert len(requests) == len(files) == 28, requests
+
+
 # -- The master's __main__ ---------------------------------------------------
 
 MAIN_SCRIPT = '''\

@@ -1009,6 +1009,10 @@ class ModuleResponder:
     the last field holds the reason.
     """
 
+    #: Most compressed bytes of related modules preloaded in answer to one
+    #: request.
+    preload_budget = 4 * 1024 * 1024
+
     def __init__(self, router):
         self._router = router
         self._finder = ModuleFinder()
@@ -1076,6 +1080,7 @@ class ModuleResponder:
             tup = (fullname, None, None, None,
                    'the master failed to read it: %s' % (e,))
         sent = self._sent.setdefault(msg.src_id, set())
+        budget = self.preload_budget
         for name in tup[4] if tup[3] is not None else ():
             if name in sent:
                 continue
@@ -1085,6 +1090,13 @@ class ModuleResponder:
                 continue
             if rtup[3] is None:
                 continue
+            budget -= len(rtup[3])
+            if budget < 0:
+                # Imports found inside functions count as related too, so
+                # a module deep in a large package can relate to hundreds
+                # of others; past the budget the child asks for what it
+                # really uses.
+                break
             sent.add(name)
             self._send(msg.src_id, rtup)
         sent.add(fullname)
