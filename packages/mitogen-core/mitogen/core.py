@@ -1120,32 +1120,34 @@ class Latch(object):
         :raises TimeoutError: when `timeout` seconds pass first, or
             immediately when nothing is queued and `block` is false.
         :raises LatchError: when the latch is or becomes closed."""
-        with self._lock:
-            if self.closed:
-                raise LatchError()
-            if self._queue:
-                return self._queue.popleft()
-            if not block or (timeout is not None and timeout <= 0):
-                raise TimeoutError()
-            waiter = [threading.Lock(), False]
-            waiter[0].acquire()
-            self._waiters.append(waiter)
-        acquired = _acquire(waiter[0], timeout)
-        with self._lock:
-            if not acquired:
-                if not waiter[1]:
+        deadline = None if timeout is None else now() + timeout
+        while True:
+            remaining = None if deadline is None else deadline - now()
+            with self._lock:
+                if self.closed:
+                    raise LatchError()
+                if self._queue:
+                    return self._queue.popleft()
+                if not block or (remaining is not None and remaining <= 0):
+                    raise TimeoutError()
+                waiter = [threading.Lock(), False]
+                waiter[0].acquire()
+                self._waiters.append(waiter)
+            acquired = _acquire(waiter[0], remaining)
+            with self._lock:
+                if not acquired and not waiter[1]:
                     waiter[1] = True
                     try:
                         self._waiters.remove(waiter)
                     except ValueError:
                         pass
                     raise TimeoutError()
-            if self.closed:
-                raise LatchError()
-            if self._queue:
-                return self._queue.popleft()
-        # Woken for an item another waiter raced us to: try again.
-        return self.get(timeout=timeout, block=block)
+                if self.closed:
+                    raise LatchError()
+                if self._queue:
+                    return self._queue.popleft()
+            # Woken for an item another thread took first: wait again for
+            # what is left of the timeout.
 
     def __repr__(self):
         return 'Latch(%#x, size=%d)' % (id(self), len(self._queue))
