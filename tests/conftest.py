@@ -4,6 +4,9 @@ Shared test machinery.
 - Every test is checked for leaked file descriptors, threads and processes
   (see :mod:`leakcheck`); a leak turns into an error at the test's teardown.
   Opt out with ``@pytest.mark.no_leak_check``.
+- ``router`` is a :class:`mitogen.master.Router` for one test, shut down
+  (with its children) afterwards; modules wanting one per module define
+  their own ``router`` fixture, which overrides this one.
 - ``interpreter`` is parametrised over every Python version a child must
   run on (:data:`interpreters.WANTED`); a version this machine lacks is a
   visible skip, never a silent pass.
@@ -12,10 +15,12 @@ import pytest
 
 import interpreters
 import leakcheck
+import mitogen.master
 
 # sshd: the private OpenSSH server (fixture sshd).
 # users: the test accounts and sudo/doas rules (test_users, user_python).
-pytest_plugins = ['pytester', 'sshd', 'users']
+# sites: throwaway packages on the master's sys.path (master_site).
+pytest_plugins = ['pytester', 'sshd', 'users', 'sites']
 
 
 def pytest_configure(config):
@@ -57,3 +62,10 @@ def interpreter(request):
     with ``parametrize('interpreter', interpreters.params([...]),
     indirect=True)``."""
     return interpreters.require(request.param)
+
+
+@pytest.fixture
+def router():
+    """A :class:`mitogen.master.Router` shut down after the test."""
+    with mitogen.master.Router() as router:
+        yield router

@@ -49,6 +49,18 @@ FAST_KEX = 'curve25519-sha256'
 
 PYENV_ROOT = '/root/.pyenv'
 
+#: sshd settings every test server shares: key logins only (root too),
+#: no PAM, no permission checks on the test's files, many logins at once.
+SERVER_POLICY = [
+    'PubkeyAuthentication yes',
+    'PasswordAuthentication no',
+    'KbdInteractiveAuthentication no',
+    'UsePAM no',
+    'PermitRootLogin prohibit-password',
+    'StrictModes no',
+    'MaxStartups 100',
+]
+
 #: Seconds sshd may take to accept connections after it starts.
 START_TIMEOUT = 10.0
 
@@ -61,6 +73,19 @@ def free_port():
         return sock.getsockname()[1]
     finally:
         sock.close()
+
+
+def stop_process(proc):
+    """SIGTERM `proc` (a :class:`subprocess.Popen`, or None) and wait for
+    it, killing it if it has not ended within 10 s."""
+    if proc is None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def keygen(path, comment='mitogen-test'):
@@ -141,13 +166,7 @@ class SshServer(object):
             'HostKey %s' % self.host_key,
             'PidFile %s' % os.path.join(self.tmpdir, 'sshd.pid'),
             'AuthorizedKeysFile %s/keys/%%u' % self.tmpdir,
-            'PubkeyAuthentication yes',
-            'PasswordAuthentication no',
-            'KbdInteractiveAuthentication no',
-            'UsePAM no',
-            'PermitRootLogin prohibit-password',
-            'StrictModes no',
-            'MaxStartups 100',
+        ] + SERVER_POLICY + [
             'MaxSessions 100',
             'Subsystem sftp /usr/lib/openssh/sftp-server',
         ]
@@ -199,14 +218,7 @@ class SshServer(object):
                            % (START_TIMEOUT, self.log()))
 
     def stop(self):
-        if self.proc is None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
 
     def log(self):
@@ -297,3 +309,24 @@ def sshd():
         server.stop()
         shutil.rmtree(tmpdir, ignore_errors=True)
 
+
+def write_known_hosts(path, line):
+    with open(path, 'w') as f:
+        f.write(line)
+    return str(path)
+
+
+@pytest.fixture
+def empty_known_hosts(tmp_path):
+    return write_known_hosts(tmp_path / 'known_hosts', '')
+
+
+@pytest.fixture
+def wrong_known_hosts(tmp_path, sshd):
+    """A known hosts file recording another key for the server."""
+    other = str(tmp_path / 'other_host_key')
+    keygen(other)
+    with open(other + '.pub') as f:
+        key_type, key = f.read().split()[:2]
+    return write_known_hosts(tmp_path / 'known_hosts', '[%s]:%d %s %s\n' % (
+        sshd.host, sshd.port, key_type, key))

@@ -25,9 +25,7 @@ import mitogen.master
 import mitogen.parent
 import mitogen.utils
 from support import calls_funcs as funcs
-
-# Seconds a reply may take before a test calls it a hang.
-REPLY_TIMEOUT = 30.0
+from waiting import REPLY_TIMEOUT, call, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV_PYTHON = os.path.join(ROOT, '.venv', 'bin', 'python')
@@ -42,24 +40,6 @@ def router():
 @pytest.fixture(scope='module')
 def context(router):
     return router.local(python_path=sys.executable)
-
-
-def call(context, fn, *args, **kwargs):
-    """context.call() that fails instead of hanging."""
-    recv = context.call_async(fn, *args, **kwargs)
-    return recv.get(timeout=REPLY_TIMEOUT).unpickle()
-
-
-def wait_for(predicate, timeout=10.0):
-    """Poll `predicate` until it returns something true, or fail."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail('condition not met within %.0f s' % (timeout,))
-        time.sleep(0.01)
 
 
 def process_gone(pid):

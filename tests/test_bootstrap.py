@@ -17,18 +17,11 @@ import pytest
 
 import leakcheck
 import mitogen.core
-import mitogen.master
 import mitogen.parent
 from support import boot_helpers
 
 #: Seconds within which a failure that needs no timeout must be reported.
 QUICKLY = 5.0
-
-
-@pytest.fixture
-def router():
-    with mitogen.master.Router() as router:
-        yield router
 
 
 def fake_python(tmp_path, body, name='fake-python'):

@@ -25,9 +25,7 @@ import mitogen.core
 import mitogen.master
 import mitogen.parent
 from support import calls_funcs as funcs
-
-# Seconds a reply may take before a test calls it a hang.
-REPLY_TIMEOUT = 30.0
+from waiting import REPLY_TIMEOUT, call
 
 
 @pytest.fixture(scope='module')
@@ -39,12 +37,6 @@ def router():
 @pytest.fixture(scope='module')
 def context(router):
     return router.local(python_path=sys.executable)
-
-
-def call(context, fn, *args, **kwargs):
-    """context.call() that fails instead of hanging."""
-    recv = context.call_async(fn, *args, **kwargs)
-    return recv.get(timeout=REPLY_TIMEOUT).unpickle()
 
 
 # ---------------------------------------------------------------------------

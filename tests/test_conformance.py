@@ -20,11 +20,8 @@ import hashlib
 import importlib
 import logging
 import os
-import shutil
 import signal
-import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
@@ -32,11 +29,10 @@ import pytest
 import mitogen.core
 import mitogen.master
 import mitogen.parent
+import sites
+from logcapture import Collect
 from support import conformance_funcs as funcs
 from support import tree_helpers
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-EXAMPLE_PLUGIN = os.path.join(HERE, 'example_transport')
 
 #: The interpreter every account has (root's ``python3`` over ssh is a
 #: pyenv shim; other accounts cannot run root's interpreters).
@@ -141,25 +137,12 @@ def make_transport(name, request):
 
 @pytest.fixture(scope='module')
 def example_plugin(tmp_path_factory):
-    """The example distribution installed (as tests/test_plugins.py does)
-    into a directory of its own, put on this process's ``sys.path`` for the
-    module so its entry point is found."""
-    pytest.importorskip('setuptools', reason='building the example '
-                        'distribution needs setuptools in the test venv')
-    target = str(tmp_path_factory.mktemp('example-site'))
-    build = tmp_path_factory.mktemp('example-build')
-    # Build from a copy: setuptools writes build/ and egg-info next to the
-    # sources.
-    source = str(build / 'src')
-    shutil.copytree(EXAMPLE_PLUGIN, source)
-    proc = subprocess.run(
-        [sys.executable, '-m', 'pip', 'install', '--quiet', '--no-deps',
-         '--no-build-isolation', '--no-index', '--target', target,
-         '--cache-dir', str(build), source],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
-    if proc.returncode:
-        pytest.fail('installing the example transport failed:\n'
-                    + proc.stdout.decode(errors='replace'))
+    """The example distribution installed
+    (:func:`sites.install_example_transport`) into a directory of its own,
+    put on this process's ``sys.path`` for the module so its entry point is
+    found."""
+    target = str(sites.install_example_transport(tmp_path_factory,
+                                                 'example'))
     sys.path.append(target)
     importlib.invalidate_caches()
     try:
@@ -176,24 +159,9 @@ def master_only_site(tmp_path_factory):
     """A directory holding :data:`MASTER_ONLY_PACKAGE`, on the master's
     ``sys.path`` only. Children start with their own default path, and
     those of other accounts cannot even read it (mode 700)."""
-    site = tmp_path_factory.mktemp('master-only-site')
-    os.chmod(str(site), 0o700)
-    package = site / MASTER_ONLY_PACKAGE
-    package.mkdir()
-    (package / '__init__.py').write_text(u'')
-    (package / 'deep.py').write_text(textwrap.dedent(u'''\
-        def answer():
-            return %r
-        ''' % (MASTER_ONLY_ANSWER,)))
-    sys.path.append(str(site))
-    importlib.invalidate_caches()
-    try:
-        yield site
-    finally:
-        sys.path.remove(str(site))
-        for name in list(sys.modules):
-            if name.split('.')[0] == MASTER_ONLY_PACKAGE:
-                del sys.modules[name]
+    yield from sites.master_only_package(
+        tmp_path_factory, 'master-only-site', MASTER_ONLY_PACKAGE, 'deep',
+        MASTER_ONLY_ANSWER)
 
 
 @pytest.fixture(scope='module')
@@ -259,15 +227,6 @@ def processes_of(router, transport, context):
     if conn.pid is not None:
         pids.add(conn.pid)
     return pids
-
-
-class Collect(logging.Handler):
-    def __init__(self):
-        logging.Handler.__init__(self)
-        self.records = []
-
-    def emit(self, record):
-        self.records.append(record)
 
 
 # --- the suite ---------------------------------------------------------------

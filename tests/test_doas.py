@@ -19,8 +19,8 @@ import pytest
 import interpreters
 import mitogen.core
 import mitogen.doas
-import mitogen.master
 import mitogen.parent
+import procs
 import users
 from support import become_funcs as funcs
 
@@ -45,33 +45,9 @@ def doas_rules(test_users):
 
 
 @pytest.fixture
-def router():
-    with mitogen.master.Router() as router:
-        yield router
-
-
-@pytest.fixture
 def as_mitopw(router, doas_rules):
     return router.sudo(username=doas_rules.passwd,
                        python_path=doas_rules.python)
-
-
-def wait_gone(pids, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        alive = [p for p in pids if _state(p) not in (None, 'Z')]
-        if not alive or time.monotonic() > deadline:
-            return alive
-        time.sleep(0.05)
-
-
-def _state(pid):
-    try:
-        with open('/proc/%d/stat' % pid) as f:
-            text = f.read()
-    except OSError:
-        return None
-    return text[text.rfind(')') + 2:].split()[0]
 
 
 def test_doas_is_registered_in_the_transports_entry_point_group():
@@ -135,7 +111,7 @@ def test_shutdown_leaves_no_process_behind(router, doas_rules):
                           python_path=doas_rules.python)
     pids = context.call(funcs.ancestors, os.getpid())
     context.shutdown(wait=True)
-    assert wait_gone(pids) == []
+    assert procs.wait_all_gone(pids) == []
 
 
 @pytest.mark.parametrize('interpreter', interpreters.params(['2.7', '3.13']),

@@ -27,13 +27,11 @@ import mitogen.fork
 import mitogen.master
 import mitogen.parent
 from support import fork_helpers as helpers
+from waiting import REPLY_TIMEOUT, call, wait_for
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith('linux'),
     reason='router.fork() is specified and tested on Linux only')
-
-#: Seconds a reply may take before a test calls it a hang.
-REPLY_TIMEOUT = 30.0
 
 #: Seconds within which a process must be gone.
 PROMPTLY = 10.0
@@ -43,12 +41,6 @@ SPREAD = ['2.7', '3.6', '3.13']
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV_PYTHON = os.path.join(ROOT, '.venv', 'bin', 'python')
-
-
-@pytest.fixture
-def router():
-    with mitogen.master.Router() as router:
-        yield router
 
 
 @pytest.fixture
@@ -63,24 +55,6 @@ def log_router(caplog):
 def spread(versions=SPREAD):
     return pytest.mark.parametrize(
         'interpreter', interpreters.params(versions), indirect=True)
-
-
-def call(context, fn, *args, **kwargs):
-    """context.call() that fails instead of hanging."""
-    recv = context.call_async(fn, *args, **kwargs)
-    return recv.get(timeout=REPLY_TIMEOUT).unpickle()
-
-
-def wait_for(predicate, timeout=PROMPTLY):
-    """Poll `predicate` until it returns something true, or fail."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail('condition not met within %.0f s' % (timeout,))
-        time.sleep(0.01)
 
 
 def is_gone(pid):

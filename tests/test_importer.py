@@ -15,62 +15,15 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
 import interpreters
-import mitogen.master
 from support import imp_helpers
 
 #: Versions every importer behaviour is checked on: the oldest, the first
 #: Python 3 and the newest.
 SPREAD = ['2.7', '3.6', '3.13']
-
-
-@pytest.fixture
-def master_site(tmp_path, monkeypatch):
-    """
-    ``master_site(files, root='site')`` writes ``files`` ({relative path:
-    text or bytes}; a path ending in ``/`` makes an empty directory) under
-    ``tmp_path/root``, puts that directory on the master's ``sys.path`` and
-    returns it.  Afterwards the directory leaves ``sys.path`` and the
-    top-level names leave ``sys.modules``.
-    """
-    monkeypatch.delenv('PYTHONPATH', raising=False)
-    tops = set()
-
-    def build(files, root='site'):
-        base = tmp_path / root
-        base.mkdir(exist_ok=True)
-        for relative, content in files.items():
-            tops.add(relative.split('/')[0].split('.')[0])
-            path = base / relative
-            if relative.endswith('/'):
-                path.mkdir(parents=True, exist_ok=True)
-                continue
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if isinstance(content, str):
-                content = textwrap.dedent(content).encode('utf-8')
-            path.write_bytes(content)
-        monkeypatch.syspath_prepend(str(base))
-        importlib.invalidate_caches()
-        return base
-
-    yield build
-    for name in list(sys.modules):
-        if name.partition('.')[0] in tops:
-            del sys.modules[name]
-    for key in list(sys.path_importer_cache):
-        if isinstance(key, str) and key.startswith(str(tmp_path)):
-            del sys.path_importer_cache[key]
-    importlib.invalidate_caches()
-
-
-@pytest.fixture
-def router():
-    with mitogen.master.Router() as router:
-        yield router
 
 
 def spread(versions=SPREAD):

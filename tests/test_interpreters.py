@@ -24,6 +24,7 @@ import mitogen.core
 import mitogen.master
 
 import interpreters
+from logcapture import Collect
 from support import matrix_calls
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -146,15 +147,6 @@ def test_32_mib_return_value_arrives_intact(context):
 
 
 # -- logging ---------------------------------------------------------------
-
-class Collect(logging.Handler):
-    def __init__(self):
-        logging.Handler.__init__(self)
-        self.records = []
-
-    def emit(self, record):
-        self.records.append(record)
-
 
 def wait_for(predicate, timeout=10.0):
     deadline = time.monotonic() + timeout

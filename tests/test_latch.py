@@ -13,23 +13,10 @@ import mitogen.core
 from mitogen.core import Latch, LatchError
 
 import interpreters
+from waiting import start_thread, wait_until
 
 CORE_PATH = os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), 'packages', 'mitogen-core')
-
-
-def start_thread(target, *args):
-    t = threading.Thread(target=target, args=args)
-    t.daemon = True
-    t.start()
-    return t
-
-
-def wait_until(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, 'condition never became true'
-        time.sleep(0.005)
 
 
 def waiting_count(latch):

@@ -20,6 +20,7 @@ import interpreters
 import leakcheck
 import mitogen.core
 import mitogen.master
+import procs
 from support import life_helpers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -31,22 +32,10 @@ SPREAD = ['2.7', '3.6', '3.13']
 PROMPTLY = 10.0
 
 
-@pytest.fixture
-def router():
-    with mitogen.master.Router() as router:
-        yield router
-
-
-def is_gone(pid):
-    """True if `pid` has exited (a zombie no one reaped counts)."""
-    status = leakcheck.process_status(pid)
-    return status is None or status[1] == 'Z'
-
-
 def wait_gone(pid, timeout=PROMPTLY):
     """Poll until `pid` has exited; return whether it did in time."""
     deadline = time.monotonic() + timeout
-    while not is_gone(pid):
+    while not procs.is_gone(pid):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.02)
@@ -207,7 +196,7 @@ def test_sigkill_of_the_master_ends_every_child(interpreter):
     try:
         pids = [int(pid) for pid in read_line(proc, 60).split()]
         assert len(pids) == 2
-        assert not any(is_gone(pid) for pid in pids)
+        assert not any(procs.is_gone(pid) for pid in pids)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         assert [pid for pid in pids if not wait_gone(pid)] == []
@@ -217,5 +206,5 @@ def test_sigkill_of_the_master_ends_every_child(interpreter):
             proc.wait()
         proc.stdout.close()
         for pid in pids:
-            if not is_gone(pid):
+            if not procs.is_gone(pid):
                 os.kill(pid, signal.SIGKILL)

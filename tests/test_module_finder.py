@@ -12,13 +12,13 @@ import importlib.util
 import os
 import py_compile
 import sys
-import textwrap
 import types
 import zipfile
 
 import pytest
 
 import mitogen.master as master
+import sites
 from mitogen.master import ModuleFinder, ModuleSource, neutralize_main
 
 
@@ -27,37 +27,11 @@ def site(tmp_path, monkeypatch):
     """
     ``site(files, root='site')`` writes ``files`` ({relative path: text or
     bytes}; a path ending in ``/`` makes a directory) under
-    ``tmp_path/root`` and puts that directory first on ``sys.path``.  Every
-    module of those top-level names is dropped from ``sys.modules`` again
-    afterwards.
+    ``tmp_path/root`` and puts that directory first on ``sys.path``
+    (:func:`sites.builder`).  Every module of those top-level names is
+    dropped from ``sys.modules`` again afterwards.
     """
-    tops = set()
-
-    def build(files, root='site'):
-        base = tmp_path / root
-        base.mkdir(exist_ok=True)
-        for relative, content in files.items():
-            tops.add(relative.split('/')[0].split('.')[0])
-            path = base / relative
-            if relative.endswith('/'):
-                path.mkdir(parents=True, exist_ok=True)
-                continue
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if isinstance(content, str):
-                content = textwrap.dedent(content).encode('utf-8')
-            path.write_bytes(content)
-        monkeypatch.syspath_prepend(str(base))
-        importlib.invalidate_caches()
-        return base
-
-    yield build
-    for name in list(sys.modules):
-        if name.partition('.')[0] in tops:
-            del sys.modules[name]
-    for key in list(sys.path_importer_cache):
-        if isinstance(key, str) and key.startswith(str(tmp_path)):
-            del sys.path_importer_cache[key]
-    importlib.invalidate_caches()
+    yield from sites.builder(tmp_path, monkeypatch)
 
 
 @pytest.fixture

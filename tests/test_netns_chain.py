@@ -15,22 +15,20 @@ and becomes root again with sudo. Per the seed, ssh1 must learn routes
 (``ADD_ROUTE``) to ssh2 and sudo2, and sudo1 one to sudo2, as neither
 started those contexts itself.
 """
-import importlib
 import os
 import pwd
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
-import textwrap
 import time
 import types
 
 import pytest
 
 import mitogen.master
-from sshd import FAST_KEX, SSHD, keygen
+import sites
+from sshd import FAST_KEX, SERVER_POLICY, SSHD, keygen, stop_process
 from support import netns_funcs
 from support import tree_helpers as th
 
@@ -99,13 +97,7 @@ class Host(object):
             'HostKey %s' % (self.host_key,),
             'PidFile %s' % (self.pid_file,),
             'AuthorizedKeysFile %s/%%u' % (keys_dir,),
-            'PubkeyAuthentication yes',
-            'PasswordAuthentication no',
-            'KbdInteractiveAuthentication no',
-            'UsePAM no',
-            'PermitRootLogin prohibit-password',
-            'StrictModes no',
-            'MaxStartups 100',
+        ] + SERVER_POLICY + [
             # Root's ~/.bashrc runs "pyenv rehash", which may wait for a
             # lock other logins hold; a login needs no rehash.
             'SetEnv PYENV_REHASH_TIMEOUT=0',
@@ -146,14 +138,7 @@ class Host(object):
                                % (self.name, f.read()))
 
     def stop(self):
-        if self.proc is None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
 
 
@@ -275,24 +260,9 @@ def network(test_users):
 def master_only_site(tmp_path_factory):
     """A package on the master's ``sys.path`` only, never imported by the
     master itself."""
-    site = tmp_path_factory.mktemp('netns-master-only')
-    os.chmod(str(site), 0o700)
-    package = site / MASTER_ONLY_PACKAGE
-    package.mkdir()
-    (package / '__init__.py').write_text(u'')
-    (package / 'far.py').write_text(textwrap.dedent(u'''\
-        def answer():
-            return %r
-        ''' % (MASTER_ONLY_ANSWER,)))
-    sys.path.append(str(site))
-    importlib.invalidate_caches()
-    try:
-        yield site
-    finally:
-        sys.path.remove(str(site))
-        for name in list(sys.modules):
-            if name.split('.')[0] == MASTER_ONLY_PACKAGE:
-                del sys.modules[name]
+    yield from sites.master_only_package(
+        tmp_path_factory, 'netns-master-only', MASTER_ONLY_PACKAGE, 'far',
+        MASTER_ONLY_ANSWER)
 
 
 @pytest.fixture(scope='module')

@@ -26,6 +26,7 @@ import mitogen.master  # noqa: E402
 import mitogen.paramiko  # noqa: E402
 import mitogen.parent  # noqa: E402
 import mitogen.ssh  # noqa: E402
+import procs  # noqa: E402
 from sshd import free_port, keygen  # noqa: E402
 from support import paramiko_funcs, ssh_funcs  # noqa: E402
 
@@ -34,12 +35,6 @@ PROMPTLY = 10.0
 
 #: The interpreter every account has (root's ``python3`` is a pyenv shim).
 PYTHON = '/usr/bin/python3'
-
-
-@pytest.fixture
-def router():
-    with mitogen.master.Router() as router:
-        yield router
 
 
 def login_kwargs(sshd, username='root', **kwargs):
@@ -69,15 +64,6 @@ def wait_for(predicate, timeout=PROMPTLY):
     return predicate()
 
 
-def process_gone(pid):
-    try:
-        with open('/proc/%d/stat' % pid) as f:
-            state = f.read().rpartition(')')[2].split()[0]
-    except OSError:
-        return True
-    return state == 'Z'
-
-
 def connections_to(port):
     return [c for c in paramiko_funcs.tcp_connections() if c[1] == port]
 
@@ -85,28 +71,6 @@ def connections_to(port):
 def conn_of(router, context):
     """The :class:`mitogen.paramiko.Connection` that started `context`."""
     return router.stream_by_id(context.context_id).conn
-
-
-def write_known_hosts(path, line):
-    with open(path, 'w') as f:
-        f.write(line)
-    return str(path)
-
-
-@pytest.fixture
-def empty_known_hosts(tmp_path):
-    return write_known_hosts(tmp_path / 'known_hosts', '')
-
-
-@pytest.fixture
-def wrong_known_hosts(tmp_path, sshd):
-    """A known hosts file recording another key for the server."""
-    other = str(tmp_path / 'other_host_key')
-    keygen(other)
-    with open(other + '.pub') as f:
-        key_type, key = f.read().split()[:2]
-    return write_known_hosts(tmp_path / 'known_hosts', '[%s]:%d %s %s\n' % (
-        sshd.host, sshd.port, key_type, key))
 
 
 # --- the method --------------------------------------------------------------
@@ -471,7 +435,7 @@ def test_shutdown_leaves_no_thread_socket_or_remote_process(router, sshd):
     assert paramiko_funcs.paramiko_threads() == []
     assert connections_to(sshd.port) == []
     assert proc.poll() == 0
-    assert wait_for(lambda: process_gone(remote_pid))
+    assert wait_for(lambda: procs.is_gone(remote_pid))
 
 
 def test_router_exit_with_a_live_child_leaves_nothing(sshd):
@@ -480,7 +444,7 @@ def test_router_exit_with_a_live_child_leaves_nothing(sshd):
         remote_pid = context.call(os.getpid)
     assert paramiko_funcs.paramiko_threads() == []
     assert connections_to(sshd.port) == []
-    assert wait_for(lambda: process_gone(remote_pid))
+    assert wait_for(lambda: procs.is_gone(remote_pid))
 
 
 def test_remote_interpreter_killed_disconnects_and_cleans_up(router, sshd):
@@ -510,4 +474,4 @@ def test_disconnect_of_a_hung_child_ends_the_connection(router, sshd):
         assert paramiko_funcs.paramiko_threads() == []
     finally:
         os.kill(remote_pid, signal.SIGCONT)
-    assert wait_for(lambda: process_gone(remote_pid))
+    assert wait_for(lambda: procs.is_gone(remote_pid))

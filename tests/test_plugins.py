@@ -6,14 +6,14 @@ entry point in the ``mitogen.transports`` group is found by
 """
 import json
 import os
-import shutil
 import subprocess
 import sys
 
 import pytest
 
+import sites
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-PLUGIN = os.path.join(HERE, 'example_transport')
 MASTER = os.path.join(HERE, 'support', 'plugin_master.py')
 
 
@@ -22,23 +22,7 @@ def plugin_site(tmp_path_factory):
     """The example distribution installed (wheel built from tests/) into a
     directory of its own, which only the master program will have on its
     path."""
-    pytest.importorskip('setuptools', reason='building the example '
-                        'distribution needs setuptools in the test venv')
-    target = tmp_path_factory.mktemp('plugin-site')
-    build = tmp_path_factory.mktemp('plugin-build')
-    # Build from a copy: setuptools writes build/ and egg-info next to the
-    # sources.
-    source = str(build / 'src')
-    shutil.copytree(PLUGIN, source)
-    proc = subprocess.run(
-        [sys.executable, '-m', 'pip', 'install', '--quiet', '--no-deps',
-         '--no-build-isolation', '--no-index', '--target', str(target),
-         '--cache-dir', str(build), source],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
-    if proc.returncode:
-        pytest.fail('installing the example transport failed:\n'
-                    + proc.stdout.decode(errors='replace'))
-    return target
+    return sites.install_example_transport(tmp_path_factory, 'plugin')
 
 
 @pytest.fixture(scope='module')

@@ -24,6 +24,7 @@ import mitogen.select
 from mitogen.core import Latch
 from mitogen.select import Select
 from support import select_funcs as funcs
+from waiting import start_thread, wait_until
 
 # Seconds a result may take before a test calls it a hang.
 PROMPTLY = 30.0
@@ -44,20 +45,6 @@ def children(router):
 def own_router():
     with mitogen.master.Router() as router:
         yield router
-
-
-def start_thread(target, *args):
-    t = threading.Thread(target=target, args=args)
-    t.daemon = True
-    t.start()
-    return t
-
-
-def wait_until(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, 'condition never became true'
-        time.sleep(0.005)
 
 
 def waiting_count(select):

@@ -14,7 +14,6 @@ import pytest
 
 import interpreters
 import mitogen.core
-import mitogen.master
 import mitogen.parent
 import mitogen.ssh
 import sshd as sshd_plugin
@@ -23,12 +22,6 @@ from support import ssh_funcs
 
 #: Seconds within which a failure must be reported or a process must end.
 PROMPTLY = 10.0
-
-
-@pytest.fixture
-def router():
-    with mitogen.master.Router() as router:
-        yield router
 
 
 def wait_gone(pid, timeout=PROMPTLY, reaped=False):
@@ -51,28 +44,6 @@ def ssh_children():
     """``{pid: argv}`` of this process's ``ssh`` client children."""
     return {pid: argv for pid, argv in ssh_funcs.child_processes().items()
             if argv and os.path.basename(argv[0]) == 'ssh'}
-
-
-def write_known_hosts(path, line):
-    with open(path, 'w') as f:
-        f.write(line)
-    return str(path)
-
-
-@pytest.fixture
-def empty_known_hosts(tmp_path):
-    return write_known_hosts(tmp_path / 'known_hosts', '')
-
-
-@pytest.fixture
-def wrong_known_hosts(tmp_path, sshd):
-    """A known hosts file recording another key for the server."""
-    other = str(tmp_path / 'other_host_key')
-    keygen(other)
-    with open(other + '.pub') as f:
-        key_type, key = f.read().split()[:2]
-    return write_known_hosts(tmp_path / 'known_hosts', '[%s]:%d %s %s\n' % (
-        sshd.host, sshd.port, key_type, key))
 
 
 def password_kwargs(sshd, users, **kwargs):

@@ -24,9 +24,9 @@ import pytest
 import interpreters
 import mitogen.become
 import mitogen.core
-import mitogen.master
 import mitogen.parent
 import mitogen.su
+import procs
 from support import become_funcs as funcs
 
 #: Seconds within which a refused password must be reported: PAM delays a
@@ -34,12 +34,6 @@ from support import become_funcs as funcs
 PROMPTLY = 8.0
 
 PAM_CATALOGS = '/usr/share/locale/%s/LC_MESSAGES/Linux-PAM.mo'
-
-
-@pytest.fixture
-def router():
-    with mitogen.master.Router() as router:
-        yield router
 
 
 @pytest.fixture
@@ -61,24 +55,6 @@ def pam_prompt(language):
 def speak(monkeypatch, language):
     monkeypatch.setenv('LANGUAGE', language)
     monkeypatch.setenv('LC_ALL', 'C.UTF-8')
-
-
-def wait_gone(pids, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        alive = [p for p in pids if _state(p) not in (None, 'Z')]
-        if not alive or time.monotonic() > deadline:
-            return alive
-        time.sleep(0.05)
-
-
-def _state(pid):
-    try:
-        with open('/proc/%d/stat' % pid) as f:
-            text = f.read()
-    except OSError:
-        return None
-    return text[text.rfind(')') + 2:].split()[0]
 
 
 def test_su_is_registered_in_the_transports_entry_point_group():
@@ -304,7 +280,7 @@ def test_shutdown_leaves_no_process_behind(router, test_users):
     pids = context.call(funcs.ancestors, os.getpid())
     assert len(pids) >= 2, 'expected the child and su, got %r' % (pids,)
     context.shutdown(wait=True)
-    assert wait_gone(pids) == []
+    assert procs.wait_all_gone(pids) == []
 
 
 def test_disconnect_leaves_no_process_behind(router, test_users,
@@ -314,7 +290,7 @@ def test_disconnect_leaves_no_process_behind(router, test_users,
                         password=test_users.password, via=as_mitouser)
     pids = context.call(funcs.ancestors, os.getpid())
     router.disconnect(as_mitouser)
-    assert wait_gone(pids) == []
+    assert procs.wait_all_gone(pids) == []
 
 
 @pytest.mark.parametrize('interpreter', interpreters.params(), indirect=True)

@@ -17,9 +17,9 @@ import pytest
 
 import interpreters
 import mitogen.core
-import mitogen.master
 import mitogen.parent
 import mitogen.sudo
+import procs
 from support import become_funcs as funcs
 
 #: Seconds within which a refused or missing password must be reported
@@ -28,37 +28,11 @@ PROMPTLY = 6.0
 
 
 @pytest.fixture
-def router():
-    with mitogen.master.Router() as router:
-        yield router
-
-
-@pytest.fixture
 def as_mitopw(router, test_users):
     """A context running as mitopw, whose sudo asks for mitopw's
     password."""
     return router.sudo(username=test_users.passwd,
                        python_path=test_users.python)
-
-
-def wait_gone(pids, timeout=10.0):
-    """Return the PIDs of `pids` still alive after up to `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        alive = [p for p in pids if os.path.exists('/proc/%d' % p)
-                 and _state(p) != 'Z']
-        if not alive or time.monotonic() > deadline:
-            return alive
-        time.sleep(0.05)
-
-
-def _state(pid):
-    try:
-        with open('/proc/%d/stat' % pid) as f:
-            stat = f.read()
-    except OSError:
-        return None
-    return stat[stat.rfind(')') + 2:].split()[0]
 
 
 def test_sudo_is_registered_in_the_transports_entry_point_group():
@@ -294,7 +268,7 @@ def test_shutdown_leaves_no_process_behind(router, test_users):
     pids = context.call(funcs.ancestors, os.getpid())
     assert len(pids) >= 2, 'expected the child and sudo, got %r' % (pids,)
     context.shutdown(wait=True)
-    assert wait_gone(pids) == []
+    assert procs.wait_all_gone(pids) == []
 
 
 def test_intermediate_shutdown_leaves_no_process_behind(router, test_users,
@@ -304,7 +278,7 @@ def test_intermediate_shutdown_leaves_no_process_behind(router, test_users,
                           password=test_users.password, via=as_mitopw)
     pids = context.call(funcs.ancestors, os.getpid())
     as_mitopw.shutdown(wait=True)
-    assert wait_gone(pids) == []
+    assert procs.wait_all_gone(pids) == []
 
 
 @pytest.mark.parametrize('interpreter', interpreters.params(), indirect=True)

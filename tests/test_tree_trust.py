@@ -31,13 +31,14 @@ import collections
 import logging
 import os
 import sys
-import time
 import uuid
 
 import pytest
 
 import mitogen.core
 import mitogen.master
+import waiting
+from logcapture import wait_for_record
 from mitogen.core import (ADD_ROUTE, CALL_FUNCTION, DEL_ROUTE, FORWARD_LOG,
                           FORWARD_MODULE, LOAD_MODULE, SHUTDOWN)
 
@@ -46,8 +47,6 @@ from support import tree_helpers as th
 
 #: Seconds a context waits for the reply to a message it sent.
 REPLY_WAIT = 10.0
-#: Seconds the test waits for a drop to be reported.
-LOG_WAIT = 10.0
 
 Tree = collections.namedtuple('Tree', 'router P C D S N U K')
 
@@ -102,10 +101,8 @@ def evidence(tmp_path):
     return str(tmp_path / ('ran-%s' % uuid.uuid4().hex))
 
 
-def call(ctx, fn, *args, **kwargs):
-    """ctx.call() that fails instead of hanging."""
-    recv = ctx.call_async(fn, *args, **kwargs)
-    return recv.get(timeout=REPLY_WAIT + 10).unpickle()
+#: ctx.call() that fails instead of hanging.
+call = waiting.caller(REPLY_WAIT + 10)
 
 
 def forge(ctx, dst, handle, **kwargs):
@@ -116,17 +113,6 @@ def forge(ctx, dst, handle, **kwargs):
         if key in kwargs:
             kwargs[key] = getattr(kwargs[key], 'context_id', kwargs[key])
     return tuple(call(ctx, trust_forge.send, dst_id, handle, **kwargs))
-
-
-def wait_for_record(caplog, predicate, timeout=LOG_WAIT):
-    deadline = time.monotonic() + timeout
-    while True:
-        for record in list(caplog.records):
-            if predicate(record):
-                return record
-        if time.monotonic() > deadline:
-            return None
-        time.sleep(0.01)
 
 
 def header(dst, src, auth, handle):

@@ -11,11 +11,9 @@ deeper contexts are named after the seed's ssh1 -> sudo1 -> ssh2 -> sudo2
 example or numbered along a chain.  Functions the contexts run live in
 :mod:`support.tree_helpers`.
 """
-import importlib
 import os
 import signal
 import sys
-import textwrap
 import threading
 import time
 
@@ -533,32 +531,6 @@ def test_unidirectional_router_still_carries_calls_up_and_down_the_tree(
 # ---------------------------------------------------------------------------
 # 3. Module forwarding through intermediates
 # ---------------------------------------------------------------------------
-
-@pytest.fixture
-def master_site(tmp_path, monkeypatch):
-    """``master_site(files)`` writes `files` ({relative path: text}) under
-    a directory on the master's ``sys.path`` only; children can get them
-    only through the importer."""
-    monkeypatch.delenv('PYTHONPATH', raising=False)
-    tops = set()
-
-    def build(files):
-        base = tmp_path / 'site'
-        for relative, content in files.items():
-            tops.add(relative.split('/')[0].split('.')[0])
-            path = base / relative
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(textwrap.dedent(content))
-        monkeypatch.syspath_prepend(str(base))
-        importlib.invalidate_caches()
-        return base
-
-    yield build
-    for name in list(sys.modules):
-        if name.partition('.')[0] in tops:
-            del sys.modules[name]
-    importlib.invalidate_caches()
-
 
 SMALL_PACKAGE = {
     'treepkg/__init__.py': 'from . import base\n',

@@ -19,21 +19,20 @@ malformed. The forging code runs in the children, from
 import logging
 import os
 import sys
-import time
 import uuid
 
 import pytest
 
 import mitogen.core
 import mitogen.master
+import waiting
+from logcapture import wait_for_record
 from mitogen.core import CALL_FUNCTION, FORWARD_LOG, LOAD_MODULE, SHUTDOWN
 
 from support import trust_forge
 
 #: Seconds a child waits for the reply to a message it sent.
 REPLY_WAIT = 10.0
-#: Seconds the test waits for the master to report a dropped message.
-LOG_WAIT = 10.0
 
 
 @pytest.fixture(scope='module')
@@ -60,26 +59,13 @@ def evidence(tmp_path):
     return str(tmp_path / ('ran-%s' % uuid.uuid4().hex))
 
 
-def call(ctx, fn, *args, **kwargs):
-    """ctx.call() that fails instead of hanging."""
-    recv = ctx.call_async(fn, *args, **kwargs)
-    return recv.get(timeout=REPLY_WAIT + 10).unpickle()
+#: ctx.call() that fails instead of hanging.
+call = waiting.caller(REPLY_WAIT + 10)
 
 
 def forge(ctx, *args, **kwargs):
     """Run :func:`trust_forge.send` in `ctx` and return its outcome."""
     return tuple(call(ctx, trust_forge.send, *args, **kwargs))
-
-
-def wait_for_record(caplog, predicate, timeout=LOG_WAIT):
-    deadline = time.monotonic() + timeout
-    while True:
-        for record in list(caplog.records):
-            if predicate(record):
-                return record
-        if time.monotonic() > deadline:
-            return None
-        time.sleep(0.01)
 
 
 def drop_logged(*needles):

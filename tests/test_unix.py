@@ -110,12 +110,6 @@ def tree(tmp_path_factory):
 
 
 @pytest.fixture
-def router():
-    with mitogen.master.Router() as router:
-        yield router
-
-
-@pytest.fixture
 def open_dir():
     """A directory every user may enter, removed afterwards."""
     path = tempfile.mkdtemp(prefix='mitogen_unix_test_')
