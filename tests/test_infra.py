@@ -135,9 +135,10 @@ def test_opted_out():
 
 
 def test_fixture_turns_each_kind_of_leak_into_an_error(pytester):
-    # conftest.py loads these as plugins.
-    for name in ('leakcheck.py', 'interpreters.py', 'sshd.py', 'users.py'):
-        shutil.copy(os.path.join(HERE, name), str(pytester.path))
+    # conftest.py loads the helper modules of tests/ as plugins: copy all.
+    for name in os.listdir(HERE):
+        if name.endswith('.py') and not name.startswith(('test_', 'conftest')):
+            shutil.copy(os.path.join(HERE, name), str(pytester.path))
     with open(os.path.join(HERE, 'conftest.py')) as f:
         conftest = f.read()
     pytester.makeconftest(
