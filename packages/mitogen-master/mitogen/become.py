@@ -44,11 +44,8 @@ so it is written for Python 2.7 and 3.6+.
 from __future__ import absolute_import
 
 import errno
-import fcntl
 import os
 import select
-import socket
-import subprocess
 import termios
 
 import mitogen.core
@@ -75,13 +72,6 @@ def looks_like_prompt(text):
     return bool(line) and line.endswith(PROMPT_ENDINGS)
 
 
-def shell_quote(s):
-    """Quote `s` as one word for a POSIX shell."""
-    if s and all(c.isalnum() or c in '@%+=:,./-_' for c in s):
-        return s
-    return "'" + s.replace("'", "'\\''") + "'"
-
-
 def set_raw(fd):
     """Put the terminal `fd` in raw mode (as cfmakeraw(3) does): no line
     editing, echo, signal characters, flow control or newline
@@ -106,14 +96,6 @@ def _disable_echo(fd):
     attrs = termios.tcgetattr(fd)
     attrs[3] &= ~(termios.ECHO | termios.ECHONL)
     termios.tcsetattr(fd, termios.TCSANOW, attrs)
-
-
-def _take_terminal():
-    # In the child between fork and exec: a new session whose controlling
-    # terminal is the pty (fd 2 is its slave in both modes), so the login
-    # program's /dev/tty is ours.
-    os.setsid()
-    fcntl.ioctl(2, termios.TIOCSCTTY, 0)
 
 
 def _password_error(msg):
@@ -197,38 +179,9 @@ class Connection(mitogen.parent.Connection):
         # The program's own messages start with its name and a colon.
         self._diagnostic_prefix = u'%s:' % (
             mitogen.core.to_text(os.path.basename(argv[0])).lower(),)
-        master, slave = os.openpty()
-        mitogen.core.set_cloexec(master)
-        parent_sock = child_sock = None
-        try:
-            if self.hybrid:
-                _disable_echo(slave)
-                parent_sock, child_sock = socket.socketpair()
-                for sock in (parent_sock, child_sock):
-                    mitogen.parent._enlarge_buffers(sock)
-                stdio = child_sock.fileno()
-            else:
-                set_raw(slave)
-                stdio = slave
-            try:
-                proc = subprocess.Popen(argv, stdin=stdio, stdout=stdio,
-                                        stderr=slave, close_fds=True,
-                                        preexec_fn=_take_terminal)
-            except (OSError, IOError) as e:
-                os.close(master)
-                if parent_sock is not None:
-                    parent_sock.close()
-                raise mitogen.core.StreamError(
-                    'could not start %s: %s' % (argv[0], e))
-        finally:
-            os.close(slave)
-            if child_sock is not None:
-                child_sock.close()
-        if parent_sock is not None:
-            fd = os.dup(parent_sock.fileno())
-            parent_sock.close()
-        else:
-            fd = master
+        proc, fd, _, master = mitogen.parent.spawn(
+            argv, pty='stderr' if self.hybrid else 'stdio',
+            tty_setup=_disable_echo if self.hybrid else set_raw)
         self.tty_fd = master
         self._stream_fd = fd
         return proc, fd

@@ -14,6 +14,7 @@ from __future__ import absolute_import
 
 import base64
 import errno
+import fcntl
 import itertools
 import logging
 import os
@@ -22,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import termios
 import threading
 import types
 import zlib
@@ -164,6 +166,81 @@ def _enlarge_buffers(sock):
             sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER_SIZE)
         except (OSError, socket.error):
             pass
+
+
+def shell_quote(s):
+    """Quote `s` as one word for a POSIX shell."""
+    if s and all(c.isalnum() or c in '@%+=:,./-_' for c in s):
+        return s
+    return "'" + s.replace("'", "'\\''") + "'"
+
+
+def _take_terminal():
+    # In the child between fork and exec: a new session whose controlling
+    # terminal is the pty on fd 2, so the program's /dev/tty is ours.
+    os.setsid()
+    fcntl.ioctl(2, termios.TIOCSCTTY, 0)
+
+
+def spawn(argv, pty=None, tty_setup=None):
+    """Start `argv` in a session of its own; return
+    `(proc, fd, stderr_fd, tty_fd)`.
+
+    :param pty: None: stdin/stdout on a socket pair (`fd` is our end),
+        stderr on a pipe (`stderr_fd`). ``'stderr'``: the same stdin/stdout,
+        but stderr is a pseudo-terminal that becomes the controlling
+        terminal, where login programs prompt (`tty_fd` is its master).
+        ``'stdio'``: stdin, stdout and stderr all on the pseudo-terminal
+        (for programs that read passwords from stdin); `fd` is then the
+        pty master as well.
+    :param tty_setup: called with the pty slave before the program starts
+        (e.g. to turn echo off or set raw mode).
+    """
+    master = slave = parent_sock = child_sock = err_r = err_w = None
+    kwargs = dict(close_fds=True)
+    try:
+        if pty is not None:
+            master, slave = os.openpty()
+            mitogen.core.set_cloexec(master)
+            if tty_setup is not None:
+                tty_setup(slave)
+            kwargs['stderr'] = slave
+            kwargs['preexec_fn'] = _take_terminal
+        elif mitogen.core.PY3:
+            kwargs['start_new_session'] = True
+        else:
+            kwargs['preexec_fn'] = os.setsid
+        if pty == 'stdio':
+            kwargs['stdin'] = kwargs['stdout'] = slave
+        else:
+            parent_sock, child_sock = socket.socketpair()
+            for sock in (parent_sock, child_sock):
+                _enlarge_buffers(sock)
+            kwargs['stdin'] = kwargs['stdout'] = child_sock.fileno()
+        if pty is None:
+            err_r, err_w = os.pipe()
+            kwargs['stderr'] = err_w
+        try:
+            proc = subprocess.Popen(argv, **kwargs)
+        except (OSError, IOError) as e:
+            for fd in (master, err_r):
+                if fd is not None:
+                    os.close(fd)
+            if parent_sock is not None:
+                parent_sock.close()
+            raise mitogen.core.StreamError(
+                'could not start %s: %s' % (argv[0], e))
+    finally:
+        for fd in (slave, err_w):
+            if fd is not None:
+                os.close(fd)
+        if child_sock is not None:
+            child_sock.close()
+    if parent_sock is None:
+        return proc, master, None, master
+    fd = os.dup(parent_sock.fileno())
+    parent_sock.close()
+    return proc, fd, err_r, master
 
 
 def _find_importer():
@@ -485,32 +562,9 @@ class Connection(object):
     def start_child(self, argv):
         """Spawn `argv`; return `(proc, fd)` where `fd` is this side of a
         bidirectional socket connected to the child's stdin and stdout, and
-        set :attr:`stderr_fd` to a pipe reading its stderr."""
-        parent_sock, child_sock = socket.socketpair()
-        for sock in (parent_sock, child_sock):
-            _enlarge_buffers(sock)
-        err_r, err_w = os.pipe()
-        try:
-            kwargs = dict(stdin=child_sock.fileno(),
-                          stdout=child_sock.fileno(), stderr=err_w,
-                          close_fds=True)
-            if mitogen.core.PY3:
-                kwargs['start_new_session'] = True
-            else:
-                kwargs['preexec_fn'] = os.setsid
-            try:
-                proc = subprocess.Popen(argv, **kwargs)
-            except (OSError, IOError) as e:
-                parent_sock.close()
-                os.close(err_r)
-                raise mitogen.core.StreamError(
-                    'could not start %s: %s' % (argv[0], e))
-        finally:
-            child_sock.close()
-            os.close(err_w)
-        fd = os.dup(parent_sock.fileno())
-        parent_sock.close()
-        self.stderr_fd = err_r
+        set :attr:`stderr_fd` to a pipe reading its stderr. Methods that
+        need a terminal call :func:`spawn` with ``pty=`` instead."""
+        proc, fd, self.stderr_fd, self.tty_fd = spawn(argv)
         return proc, fd
 
     def on_output(self, data, fd):

@@ -69,7 +69,7 @@ class Connection(mitogen.become.Connection):
 
     def get_boot_command(self):
         command = ' '.join(
-            mitogen.become.shell_quote(mitogen.core.to_native(arg))
+            mitogen.parent.shell_quote(mitogen.core.to_native(arg))
             for arg in super(Connection, self).get_boot_command())
         return [self.options.su_path,
                 mitogen.core.to_native(self.options.username),

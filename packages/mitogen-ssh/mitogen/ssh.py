@@ -22,12 +22,9 @@ With ``via=``, an intermediate context runs this module: it arrives there
 through the importer, so it is written for Python 2.7 and 3.6+.
 """
 
-import fcntl
 import math
 import os
 import re
-import socket
-import subprocess
 import termios
 
 import mitogen.core
@@ -74,14 +71,8 @@ PERMISSION_DENIED = re.compile(
 # changed key) with this line.
 HOST_KEY_FAILED = re.compile(br'Host key verification failed')
 
-_SHELL_SAFE = re.compile(r'^[A-Za-z0-9_@%+=:,./-]+$')
-
-
-def shell_quote(s):
-    """Quote `s` for a POSIX shell (the remote login shell)."""
-    if s and _SHELL_SAFE.match(s):
-        return s
-    return "'" + s.replace("'", "'\"'\"'") + "'"
+#: Quote one word for the remote login shell.
+shell_quote = mitogen.parent.shell_quote
 
 
 def _native_list(value, name):
@@ -162,11 +153,11 @@ class Options(mitogen.parent.Options):
                 self.name += u':%d' % (self.port,)
 
 
-def _take_stderr_as_ctty():
-    # Runs in the forked child before exec: a new session whose controlling
-    # terminal is the pty already on fd 2, so ssh prompts there.
-    os.setsid()
-    fcntl.ioctl(2, termios.TIOCSCTTY, 0)
+def _no_output_translation(tty):
+    # No "\n" -> "\r\n" translation: ssh's messages arrive as written.
+    attrs = termios.tcgetattr(tty)
+    attrs[1] &= ~termios.OPOST
+    termios.tcsetattr(tty, termios.TCSANOW, attrs)
 
 
 class Connection(mitogen.parent.Connection):
@@ -224,33 +215,11 @@ class Connection(mitogen.parent.Connection):
     def start_child(self, argv):
         if self.options.password is None:
             return super(Connection, self).start_child(argv)
-        # As the base class does, but stderr is a pty that becomes the
-        # child's controlling terminal, where ssh prompts; stdin and stdout
-        # stay on the socket. ssh keeps the pty open for its whole life, so
-        # the master reads its messages until it exits.
-        master, slave = os.openpty()
-        mitogen.core.set_cloexec(master)
-        # No "\n" -> "\r\n" translation: ssh's messages arrive as written.
-        attrs = termios.tcgetattr(slave)
-        attrs[1] &= ~termios.OPOST
-        termios.tcsetattr(slave, termios.TCSANOW, attrs)
-        parent_sock, child_sock = socket.socketpair()
-        for sock in (parent_sock, child_sock):
-            mitogen.parent._enlarge_buffers(sock)
-        try:
-            proc = subprocess.Popen(
-                argv, stdin=child_sock.fileno(), stdout=child_sock.fileno(),
-                stderr=slave, close_fds=True, preexec_fn=_take_stderr_as_ctty)
-        except (OSError, IOError) as e:
-            os.close(master)
-            parent_sock.close()
-            raise mitogen.core.StreamError(
-                'could not start %s: %s' % (argv[0], e))
-        finally:
-            child_sock.close()
-            os.close(slave)
-        fd = os.dup(parent_sock.fileno())
-        parent_sock.close()
+        # stderr is a pty that becomes ssh's controlling terminal, where it
+        # prompts; stdin and stdout stay on the socket. ssh keeps the pty
+        # open for its whole life, so its messages are read until it exits.
+        proc, fd, _, master = mitogen.parent.spawn(
+            argv, pty='stderr', tty_setup=_no_output_translation)
         self.tty_fd = master
         return proc, fd
 
