@@ -429,8 +429,8 @@ class Message(object):
     _unpickled = None
 
     def __init__(self, **kwargs):
-        self.src_id = _package_module().context_id \
-            if _package_module() is not None else 0
+        pkg = _package_module()
+        self.src_id = pkg.context_id if pkg is not None else 0
         self.auth_id = self.src_id
         for k, v in iteritems(kwargs):
             setattr(self, k, v)
@@ -913,15 +913,11 @@ def deserialize(flags, data, router=None):
             for n in lens:
                 if off + n > len(data):
                     raise StreamError('corrupt out-of-band buffer length')
-                buffers.append(BytesType(mv[off:off + n].tobytes())
-                               if not PY3 else mv[off:off + n].tobytes())
+                buffers.append(mv[off:off + n].tobytes())
                 off += n
             if off != len(data):
                 raise StreamError('trailing bytes after out-of-band buffers')
-            if PY3:
-                body = body.tobytes()
-            else:
-                body = body.tobytes()
+            body = body.tobytes()
         except struct.error:
             raise StreamError('corrupt out-of-band table')
 
@@ -1960,10 +1956,8 @@ class Broker(object):
     def shutdown(self):
         """Begin shutdown: streams are asked to close, then the thread ends.
         Returns at once; see :meth:`join`."""
-        def _set():
-            self._alive = False
         if not self._exitted:
-            self._waker.defer(_set) if not self.on_thread() else _set()
+            self._alive = False
             self._waker.wake()
 
     def join(self, timeout=None):
@@ -2055,7 +2049,6 @@ class Receiver(object):
     def __init__(self, router, handle=None, persist=True, respondent=None,
                  policy=None, overwrite=False):
         self.router = router
-        self.handle = handle
         self._latch = Latch()
         self.handle = router.add_handler(
             fn=self._on_receive, handle=handle, policy=policy,
@@ -2193,7 +2186,6 @@ class Router(object):
         self.broker = broker
         listen(broker, 'exit', self._on_broker_exit)
         self._setup_logging()
-        self._write_lock = threading.Lock()
         self._handle_map = {}
         self._handles_by_respondent = {}
         self._stream_by_id = {}
@@ -2540,11 +2532,9 @@ class Router(object):
 
     def route(self, msg):
         """Send `msg` towards ``msg.dst_id``. Safe from any thread."""
-        if self.broker._exitted:
-            self._maybe_send_dead(msg, 'the broker has shut down') \
-                if msg.dst_id != self.context_id else None
-            if msg.dst_id != self.context_id:
-                return
+        if self.broker._exitted and msg.dst_id != self.context_id:
+            self._maybe_send_dead(msg, 'the broker has shut down')
+            return
         self._async_route(msg)
 
     def _on_stream_shutdown(self, stream):
@@ -3250,13 +3240,8 @@ class ExternalContext(object):
             t.start()
 
     def _reaper(self):
-        deadline = now() + self.config.get('exit_grace', 2.0)
-        while now() < deadline:
-            if self._main_done.is_set() if hasattr(self._main_done,
-                                                   'is_set') \
-                    else self._main_done.isSet():
-                return
-            time.sleep(0.02)
+        if self._main_done.wait(self.config.get('exit_grace', 2.0)):
+            return
         try:
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(1.0)

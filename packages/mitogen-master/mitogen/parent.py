@@ -414,14 +414,6 @@ class Context(mitogen.core.Context):
         super(Context, self).__init__(*args, **kwargs)
         self.default_call_chain = CallChain(self)
 
-    def __eq__(self, other):
-        return (isinstance(other, mitogen.core.Context) and
-                other.context_id == self.context_id and
-                other.router is self.router)
-
-    def __hash__(self):
-        return hash((self.router, self.context_id))
-
     def call_async(self, fn, *args, **kwargs):
         """See :meth:`CallChain.call_async`."""
         return self.default_call_chain.call_async(fn, *args, **kwargs)
