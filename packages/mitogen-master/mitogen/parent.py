@@ -1317,7 +1317,13 @@ def _proxy_connect(target, kwargs, econtext):
 
 # Connection errors raised in an intermediate come back as CallError; the
 # caller gets the same exception type it would get for a direct connection.
-_PROXY_ERRORS = {}
+_PROXY_ERRORS = {
+    'EofError': EofError,
+    'PasswordError': PasswordError,
+    'CoreVersionError': CoreVersionError,
+    'TimeoutError': mitogen.core.TimeoutError,
+    'StreamError': mitogen.core.StreamError,
+}
 
 
 def _proxy_error(e, via_context):
@@ -1409,12 +1415,3 @@ class Reaper(object):
                 select.select([], [], [], 0.01)
         self._done()
 
-
-
-_PROXY_ERRORS.update({
-    'EofError': EofError,
-    'PasswordError': PasswordError,
-    'CoreVersionError': CoreVersionError,
-    'TimeoutError': mitogen.core.TimeoutError,
-    'StreamError': mitogen.core.StreamError,
-})
