@@ -504,6 +504,22 @@ def test_log_to_file_level_comes_from_the_environment(tmp_path, monkeypatch,
     assert 'debug record' in path.read_text()
 
 
+def test_log_to_file_with_io_logs_every_message(tmp_path, monkeypatch,
+                                                restore_root_logger):
+    monkeypatch.delenv('MITOGEN_LOG_LEVEL', raising=False)
+    io_logger = logging.getLogger('mitogen.io')
+    monkeypatch.setattr(io_logger, 'level', io_logger.level)
+    path = tmp_path / 'log.txt'
+    mitogen.utils.log_to_file(str(path), io=True, level='DEBUG')
+    with mitogen.master.Router() as router:
+        child = router.local(python_path=sys.executable)
+        assert child.call(os.getpid) != os.getpid()
+    text = path.read_text()
+    assert 'mitogen.io' in text
+    assert 'sending Message(%d' % (child.context_id,) in text
+    assert 'received Message(0, %d' % (child.context_id,) in text
+
+
 class _MyDict(dict):
     pass
 

@@ -60,7 +60,6 @@ except ImportError:
 # ---------------------------------------------------------------------------
 
 PY3 = sys.version_info >= (3,)
-PY24 = False
 
 if PY3:
     BytesType = bytes
@@ -126,8 +125,14 @@ DEFAULT_MAX_MESSAGE_SIZE = 128 * 1048576
 _DEAD = 'dead'
 
 LOG = logging.getLogger('mitogen')
+#: Every message read and written, at DEBUG, when enabled (see
+#: mitogen.utils.log_to_file(io=True)); quiet unless asked for.
 IOLOG = logging.getLogger('mitogen.io')
 IOLOG.setLevel(logging.INFO)
+
+
+def _io_debug():
+    return IOLOG.isEnabledFor(logging.DEBUG)
 
 
 def to_text(s, encoding='utf-8'):
@@ -1059,7 +1064,6 @@ class Latch(object):
     latch is closed, or the timeout expires. Each waiter sleeps on a lock of
     its own, so a wake-up costs no file descriptor and no polling.
     """
-    poller_class = None
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -1386,13 +1390,10 @@ class Side(object):
         #: True once :meth:`close` was called.
         self.closed = False
         self.keep_alive = keep_alive
-        self._fork_refs = None
         if cloexec:
             set_cloexec(fd)
         if not blocking:
-            self._orig_flags = set_nonblock(fd)
-        else:
-            self._orig_flags = None
+            set_nonblock(fd)
 
     def __repr__(self):
         return '<Side of %s fd %s>' % (self.stream, self.fd)
@@ -1574,7 +1575,7 @@ class MitogenProtocol(Protocol):
         self._pending = collections.deque()
         self._pending_off = 0
         self._transmitting = False
-        self.sent_count = 0
+        #: Messages received on this stream.
         self.recv_count = 0
 
     def __repr__(self):
@@ -1592,6 +1593,8 @@ class MitogenProtocol(Protocol):
             if msg is None:
                 return
             self.recv_count += 1
+            if _io_debug():
+                IOLOG.debug('%r: received %r', self, msg)
             if self.auth_id is not None and msg.src_id == self.remote_id:
                 # Only the peer's own messages act with the stamped
                 # authority; those of contexts behind it keep theirs and are
@@ -1608,7 +1611,8 @@ class MitogenProtocol(Protocol):
             side = self.stream.transmit_side
             if side is None or side.closed:
                 return False
-            self.sent_count += 1
+            if _io_debug():
+                IOLOG.debug('%r: sending %r', self, msg)
             if not self._pending:
                 for i, part in enumerate(parts):
                     n = self._write_all(side, part)
@@ -1666,12 +1670,6 @@ class MitogenProtocol(Protocol):
         broker._stop_transmit(self.stream)
         if gone:
             self.stream.on_disconnect(broker)
-
-    @property
-    def pending_bytes(self):
-        """Bytes accepted by :meth:`send` but not yet written."""
-        with self._lock:
-            return sum(len(p) for p in self._pending) - self._pending_off
 
     def on_shutdown(self, broker):
         """For a stream to a child: ask it to shut down, and wait for it to
