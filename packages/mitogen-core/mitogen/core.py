@@ -2591,7 +2591,7 @@ class Importer(object):
     :param Context context: the parent context serving modules.
     """
 
-    def __init__(self, router, context, core_src=None, whitelist=(),
+    def __init__(self, router, context, core_compressed=None, whitelist=(),
                  blacklist=(), pkg_present=None):
         self._router = router
         self._context = context
@@ -2612,10 +2612,10 @@ class Importer(object):
         self.requests = []
         router.add_handler(self._on_load_module, LOAD_MODULE,
                            policy=has_parent_authority)
-        if core_src is not None:
+        if core_compressed is not None:
+            # Kept as it arrived, for children this context may start.
             self._cache['mitogen.core'] = (
-                'mitogen.core', None, 'mitogen/core.py',
-                zlib.compress(core_src, 9), [],
+                'mitogen.core', None, 'mitogen/core.py', core_compressed, [],
             )
 
     def __repr__(self):
@@ -3248,7 +3248,7 @@ class ExternalContext(object):
 
     def _setup_importer(self):
         self.importer = Importer(self.router, self.parent,
-                                 self.core_src,
+                                 self.core_compressed,
                                  whitelist=self.config.get('whitelist', ()),
                                  blacklist=self.config.get('blacklist', ()),
                                  pkg_present=self.config.get('pkg_present'))
@@ -3346,9 +3346,17 @@ def _child_main_decorator(*args, **kwargs):
     return lambda func: func
 
 
-def _bootstrap_main(config_bytes, core_src):
+def ready_line():
+    """The line a child writes once its core runs and every handler is in
+    place: ``MITO001 <protocol> <core version> <python version>``."""
+    line = 'MITO001 %d %s %d.%d.%d\n' % (
+        (PROTOCOL_VERSION, __version__) + tuple(sys.version_info[:3]))
+    return line.encode('ascii')
+
+
+def _bootstrap_main(config_bytes, core_compressed):
     """Entry point called by the first stage with the parent's config and
-    the core source; never returns."""
+    the zlib-compressed core; never returns."""
     config = deserialize(ord(config_bytes[0:1]), config_bytes[1:])
     config = dict((to_text(k), v) for k, v in config.items())
     in_fd = os.dup(0)
@@ -3356,9 +3364,7 @@ def _bootstrap_main(config_bytes, core_src):
     config['in_fd'] = in_fd
     config['out_fd'] = out_fd
     econtext = ExternalContext(config)
-    econtext.core_src = core_src
-    line = 'MITO001 %d %s %d.%d.%d\n' % (
-        (PROTOCOL_VERSION, __version__) + tuple(sys.version_info[:3]))
-    econtext.ready_line = line.encode('ascii')
+    econtext.core_compressed = core_compressed
+    econtext.ready_line = ready_line()
     econtext.main()
     os._exit(0)

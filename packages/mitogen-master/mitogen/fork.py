@@ -296,9 +296,9 @@ class _ForkSetup(object):
         config['out_fd'] = fd
         config['name'] = self.name or u'fork.%d' % (os.getpid(),)
         econtext = _ForkedContext(config)
-        econtext.core_src = None
+        econtext.core_compressed = None
         econtext.core_entry = self.core_entry
-        econtext.ready_line = _ready_line()
+        econtext.ready_line = mitogen.core.ready_line()
         econtext.inherited_importers = old_importers
         econtext.inherited_main = self._inherited_main()
         if self.on_start is not None:
@@ -324,14 +324,6 @@ def _reporting(on_start):
             LOG.exception('on_start function %r failed', on_start)
             raise
     return call_on_start
-
-
-def _ready_line():
-    """The line a bootstrapped child writes when its core runs."""
-    line = 'MITO001 %d %s %d.%d.%d\n' % (
-        (mitogen.core.PROTOCOL_VERSION, mitogen.core.__version__) +
-        tuple(sys.version_info[:3]))
-    return line.encode('ascii')
 
 
 def _reset_signals():

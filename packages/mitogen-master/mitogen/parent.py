@@ -88,16 +88,13 @@ def _core_cache():
 
 
 def _core_from_importer():
-    """In a child, the core source arrived with the bootstrap and is kept by
-    the importer; use the same bytes for grandchildren."""
-    importer = None
-    for finder in sys.meta_path:
-        if isinstance(finder, mitogen.core.Importer):
-            importer = finder
+    """In a child, the compressed core arrived with the bootstrap and is
+    kept by the importer; grandchildren get the same bytes."""
+    importer = _find_importer()
     if importer is not None:
         tup = importer._cache.get('mitogen.core')
         if tup is not None:
-            return zlib.decompress(tup[3])
+            return tup[3]
     return None
 
 
@@ -114,14 +111,14 @@ def R(n):
   b+=c
  return b
 os.write(1,b'MITO000\n')
-s=zlib.decompress(R(int(R(10))))
+z=R(int(R(10)))
 c=R(int(R(10)))
 p=types.ModuleType('mitogen');p.__path__=[];p.__package__='mitogen'
 sys.modules['mitogen']=p
 m=types.ModuleType('mitogen.core');m.__file__='master:mitogen/core.py'
 m.__package__='mitogen';sys.modules['mitogen.core']=m;p.core=m
-exec(compile(s,m.__file__,'exec'),m.__dict__)
-m._bootstrap_main(c,s)
+exec(compile(zlib.decompress(z),m.__file__,'exec'),m.__dict__)
+m._bootstrap_main(c,z)
 '''
 
 
@@ -761,9 +758,9 @@ class Connection(object):
         return fd, rest
 
     def _core_compressed(self):
-        src = _core_from_importer() if not mitogen.is_master else None
-        if src is not None:
-            return zlib.compress(src, 9)
+        compressed = _core_from_importer() if not mitogen.is_master else None
+        if compressed is not None:
+            return compressed
         return _core_cache()[1]
 
     def _check_version(self, line):
