@@ -202,6 +202,11 @@ class Select(object):
         except mitogen.core.LatchError:
             pass
 
+    def __contains__(self, obj):
+        """True if `obj` is a direct member of this select."""
+        with self._lock:
+            return self._has(obj)
+
     def _has(self, obj):
         for member in self._members:
             if member is obj:
