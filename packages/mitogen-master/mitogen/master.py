@@ -9,6 +9,7 @@ master's Python (3.9 and later).
 from __future__ import annotations
 
 import ast
+import atexit
 import dataclasses
 import importlib.machinery
 import logging
@@ -1019,6 +1020,12 @@ class ModuleResponder:
         self._cache = {}
         #: context_id -> names already sent to it
         self._sent = {}
+        #: Prefixes of module names that may be served; ``['']`` serves
+        #: every module (see :meth:`whitelist_prefix`).
+        self.whitelist = ['']
+        #: Prefixes of module names that are never served.
+        self.blacklist = []
+        self._modifiers = {}
         #: Count of GET_MODULE requests answered.
         self.get_module_count = 0
         #: Count of LOAD_MODULE messages sent.
@@ -1032,7 +1039,50 @@ class ModuleResponder:
     def __repr__(self):
         return 'ModuleResponder'
 
+    def whitelist_prefix(self, fullname):
+        """Serve only modules named `fullname` or below it (and those of
+        earlier calls). The first call restricts serving from everything to
+        :mod:`mitogen` plus `fullname`."""
+        if self.whitelist == ['']:
+            self.whitelist = ['mitogen']
+        self.whitelist.append(fullname)
+
+    def blacklist_prefix(self, fullname):
+        """Never serve modules named `fullname` or below it."""
+        self.blacklist.append(fullname)
+
+    def add_source_modifier(self, fullname, func):
+        """Serve module `fullname` with its source passed through
+        ``func(fullname, path, source, is_pkg)``, which returns ``(path,
+        source, is_pkg)`` (source is bytes). Several modifiers of one
+        module run in the order they were added."""
+        self._modifiers.setdefault(fullname, []).append(func)
+        self._cache.pop(fullname, None)
+
+    @staticmethod
+    def _matches(fullname, prefix):
+        return (prefix == '' or fullname == prefix or
+                fullname.startswith(prefix + '.'))
+
+    def _list_refusal(self, fullname):
+        if fullname in ('__main__', 'mitogen.master'):
+            return None
+        if any(self._matches(fullname, p) for p in self.blacklist):
+            return 'it is on the master\'s blacklist'
+        if not any(self._matches(fullname, p) for p in self.whitelist):
+            return 'it is not on the master\'s whitelist'
+        return None
+
+    def _modified(self, fullname, src):
+        path, source, is_pkg = src.path, src.source, src.is_pkg
+        for func in self._modifiers.get(fullname, ()):
+            path, source, is_pkg = func(fullname, path, source, is_pkg)
+        return path, source
+
     def _build_tuple(self, fullname):
+        refusal = self._list_refusal(fullname)
+        if refusal:
+            return (fullname, None, None, None, refusal)
         tup = self._cache.get(fullname)
         if tup is not None:
             return tup
@@ -1052,8 +1102,9 @@ class ModuleResponder:
             pkg_present = src.pkg_present
             if src.is_pkg and pkg_present is None:
                 pkg_present = []
-            tup = (fullname, pkg_present, src.path,
-                   mitogen.core.Blob(zlib.compress(src.source, 6)),
+            path, source = self._modified(fullname, src)
+            tup = (fullname, pkg_present, path,
+                   mitogen.core.Blob(zlib.compress(source, 6)),
                    related)
         if fullname != '__main__':
             self._cache[fullname] = tup
@@ -1199,8 +1250,28 @@ class LogForwarder:
 class Broker(mitogen.core.Broker):
     """The master's :class:`mitogen.core.Broker`: on shutdown it asks every
     child to shut down and waits up to :attr:`shutdown_timeout` seconds for
-    them to disconnect."""
+    them to disconnect.
+
+    :param bool install_watcher: when true (the default), a program that
+        never shuts the broker down still ends its children cleanly: the
+        broker is shut down and joined when the interpreter exits
+        (:mod:`atexit`). Pass False in processes that manage that
+        themselves, such as processes forked from a program that already
+        runs a broker.
+    :param poller_class: as for :class:`mitogen.core.Broker`.
+    """
     shutdown_timeout = 5.0
+
+    def __init__(self, install_watcher=True, **kwargs):
+        super().__init__(**kwargs)
+        if install_watcher:
+            atexit.register(self._shutdown_at_exit)
+            mitogen.core.listen(
+                self, 'exit', lambda: atexit.unregister(self._shutdown_at_exit))
+
+    def _shutdown_at_exit(self):
+        self.shutdown()
+        self.join()
 
 
 class Router(mitogen.parent.Router):
