@@ -434,3 +434,30 @@ def test_push_file_in_old_and_new_interpreters(tmp_path, router, interpreter,
     child = router.local(python_path=interpreter.path)
     push_service.propagate_to(child, src)
     assert call(child, funcs.pushed_file, src) == b'\x00\xffdata'
+
+
+def test_push_file_to_second_leaf_behind_a_middle_that_has_it(tmp_path, router,
+                                                            push_service):
+    src = str(tmp_path / 'shared.py')
+    with open(src, 'wb') as fp:
+        fp.write(b'shared')
+    middle = router.local(python_path=sys.executable)
+    first = router.local(via=middle, python_path=sys.executable)
+    push_service.propagate_to(first, src)
+    assert call(first, funcs.pushed_file, src) == b'shared'
+    # The middle already holds the file: it is asked to pass it on.
+    second = router.local(via=middle, python_path=sys.executable)
+    waiting = second.call_async(funcs.pushed_file, src)
+    push_service.propagate_to(second, src)
+    assert waiting.get(timeout=REPLY_TIMEOUT).unpickle() == b'shared'
+
+
+def test_parent_may_fetch_an_unregistered_file_from_child(tmp_path, router,
+                                                         child):
+    src = str(tmp_path / 'on-target')
+    digest = _random_file(src, 200 * 1000)
+    out = tmp_path / 'fetched'
+    with open(str(out), 'wb') as fp:
+        ok, metadata = mitogen.service.FileService.get(child, src, fp)
+    assert ok and metadata['size'] == 200 * 1000
+    assert hashlib.sha1(out.read_bytes()).hexdigest() == digest

@@ -129,3 +129,14 @@ def pool_threads(router):
 def python_version():
     import sys
     return tuple(sys.version_info[:2])
+
+
+@mitogen.core.takes_econtext
+def detach_then_write(path, delay, econtext):
+    """Detach from the parent, outlive the connection by `delay` seconds,
+    write `path`, then end this context."""
+    econtext.detach()
+    time.sleep(delay)
+    with open(path, 'w') as fp:
+        fp.write('still running after detach')
+    econtext.broker.shutdown()

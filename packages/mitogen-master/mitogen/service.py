@@ -709,14 +709,21 @@ class PushFileService(Service):
         if hop is None:
             return
         with self._lock:
-            if (hop, path) in self._sent:
-                return
+            already = (hop, path) in self._sent
             self._sent.add((hop, path))
             data = self._cache[path]
-        # No reply wanted: a failure is logged where it happens.
-        tup = (self.name(), u'store_and_forward',
-               mitogen.core.Kwargs({'path': path, 'data': data,
-                                    'context': context}))
+        if already and hop == context.context_id:
+            return
+        if already:
+            # The next hop holds it: it only needs to pass it on.
+            kwargs = {'path': path, 'context': context}
+            method = u'forward'
+        else:
+            kwargs = {'path': path, 'data': data, 'context': context}
+            method = u'store_and_forward'
+        # No reply wanted: a failure is logged where it happens. Both go
+        # through this service's SerializedInvoker there, in order.
+        tup = (self.name(), method, mitogen.core.Kwargs(kwargs))
         self.router.context_by_id(hop).send(
             mitogen.core.Message.pickled(tup, handle=mitogen.core.CALL_SERVICE))
 
@@ -823,8 +830,9 @@ def _name_or_none(func, n, attr):
 
 class FileService(Service):
     """Streaming file server, for small and huge files alike. A path is
-    served only once a trusted context (a parent, or the process itself)
-    registered it, or a directory above it.
+    served to a child only once a trusted context (a parent, or the process
+    itself) registered it, or a directory above it; a parent may fetch any
+    file.
 
     Theory of operation:
 
@@ -960,7 +968,9 @@ class FileService(Service):
         :raises Error: unregistered path, or a sender in another context.
         """
         path = os.path.abspath(mitogen.core.to_text(path))
-        if not self._is_authorized(path):
+        # A parent could read any file here by running code anyway.
+        if not (self._is_authorized(path) or
+                AllowParents().is_authorized(self, msg)):
             raise Error(self.unregistered_msg % (path,))
         if msg.src_id != sender.context.context_id:
             raise Error(self.context_mismatch_msg)
