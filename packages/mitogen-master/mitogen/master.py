@@ -1255,7 +1255,7 @@ class Broker(mitogen.core.Broker):
     :param bool install_watcher: when true (the default), a program that
         never shuts the broker down still ends its children cleanly: the
         broker is shut down and joined when the interpreter exits
-        (:mod:`atexit`). Pass False in processes that manage that
+        (an ``atexit`` hook). Pass False in processes that manage that
         themselves, such as processes forked from a program that already
         runs a broker.
     :param poller_class: as for :class:`mitogen.core.Broker`.

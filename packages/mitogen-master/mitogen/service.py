@@ -173,6 +173,7 @@ class Invoker(object):
     at once on the pool thread that received it, so calls run
     concurrently."""
 
+    #: Text of the :class:`mitogen.core.CallError` a refused call gets.
     unauthorized_msg = 'Caller is not authorized to invoke %r of service %r'
 
     def __init__(self, service):
@@ -266,7 +267,7 @@ class DeduplicatingInvoker(Invoker):
 
     def key_from_request(self, method_name, kwargs):
         """The deduplication key of a request: by default a stable text form
-        of the method name and arguments (:func:`pprint.pformat`)."""
+        of the method name and arguments (``pprint.pformat()``)."""
         return pprint.pformat((method_name, kwargs))
 
     def get_response(self, args):
@@ -307,9 +308,9 @@ class Service(object):
     """Base class of services. A service is named after its class
     (``pkg.mod.Class``); its exposed methods are called by that name.
 
-    :attr:`select` is a :class:`mitogen.select.Select` the service may add
-    receivers to at any time: when one becomes ready, a pool thread calls
-    :meth:`on_message`.
+    Its ``select`` attribute is a :class:`mitogen.select.Select` the service
+    may add receivers to at any time: when one becomes ready, a pool thread
+    calls :meth:`on_message`.
     """
     #: Return this from a method to send no reply.
     NO_REPLY = object()
@@ -330,7 +331,7 @@ class Service(object):
 
     def on_message(self, event):
         """Called on a pool thread when a message arrives on any receiver
-        of :attr:`select`.
+        of the service's ``select``.
 
         :param mitogen.select.Event event: the message and its receiver.
         """
@@ -345,6 +346,8 @@ class Activator(object):
     the pool's router. Only a parent (or this context itself) may activate
     a service."""
 
+    #: Text of the :class:`mitogen.core.CallError` a caller gets that may not
+    #: activate the service it called.
     not_active_msg = (
         'Service %r is not yet activated in this context, and the '
         'caller is not privileged, therefore autoactivation is disabled.'
@@ -861,7 +864,9 @@ class FileService(Service):
     #: Bytes one stream may have sent but not yet acknowledged.
     window_size_bytes = 4 * 1024 * 1024
 
+    #: Error text for a path nobody registered.
     unregistered_msg = 'Path %r is not registered with FileService.'
+    #: Error text for a sender that is not in the requesting context.
     context_mismatch_msg = 'sender= kwarg context must match requestee context'
 
     def __init__(self, router):
