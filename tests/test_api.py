@@ -458,14 +458,17 @@ def test_with_router_decorator_supplies_the_router():
 @pytest.fixture
 def restore_root_logger():
     root = logging.getLogger()
-    level, handlers = root.level, list(root.handlers)
+    handlers = list(root.handlers)
+    levels = [(logging.getLogger(name), logging.getLogger(name).level)
+              for name in mitogen.core.LOGGERS]
     yield
     for handler in list(root.handlers):
         if handler not in handlers:
             root.removeHandler(handler)
             if handler.stream not in (sys.stderr, sys.stdout):
                 handler.stream.close()
-    root.setLevel(level)
+    for logger, level in levels:
+        logger.setLevel(level)
 
 
 def test_log_to_file_writes_records_to_the_file(tmp_path, monkeypatch,
@@ -538,17 +541,24 @@ class _MyBytes(bytes):
 
 def test_cast_replaces_subclasses_by_built_in_types():
     value = _MyDict({
-        _MyText(u'k'): _MyList([_MyBytes(b'b'), mitogen.core.Secret(u's'),
-                                mitogen.core.Blob(b'blob'), (1, 2.5)]),
+        _MyText(u'k'): _MyList([_MyBytes(b'b'), _MyText(u't'), (1, 2.5)]),
     })
     result = mitogen.utils.cast(value)
-    assert result == {u'k': [b'b', u's', b'blob', [1, 2.5]]}
+    assert result == {u'k': [b'b', u't', [1, 2.5]]}
     assert type(result) is dict
     key, = result
     assert type(key) is str
     items = result[u'k']
     assert type(items) is list
-    assert [type(v) for v in items] == [bytes, str, bytes, list]
+    assert [type(v) for v in items] == [bytes, str, list]
+
+
+def test_cast_keeps_secrets_and_blobs():
+    # Both serialize as they are, and a Secret must stay hidden in logs.
+    value = [mitogen.core.Secret(u's'), mitogen.core.Blob(b'blob')]
+    result = mitogen.utils.cast(value)
+    assert [type(v) for v in result] == [mitogen.core.Secret,
+                                         mitogen.core.Blob]
 
 
 def test_cast_keeps_simple_values():

@@ -196,9 +196,39 @@ def test_module_works_in_a_child_of_every_python(tree, interpreter):
 
 # ---- Attaching to the tree ----
 
-def test_connect_fails_when_nothing_listens(tmp_path):
-    with pytest.raises(OSError):
-        mitogen.unix.connect(str(tmp_path / 'missing.sock'))
+def test_connect_raises_connect_error_naming_a_missing_path(tmp_path):
+    path = str(tmp_path / 'missing.sock')
+    with pytest.raises(mitogen.unix.ConnectError) as info:
+        mitogen.unix.connect(path)
+    assert path in str(info.value)
+    assert isinstance(info.value, mitogen.core.StreamError)
+
+
+def test_connect_raises_connect_error_for_a_socket_nobody_listens_on(
+        tmp_path):
+    path = str(tmp_path / 'dead.sock')
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(path)
+    dead.close()
+    with pytest.raises(mitogen.unix.ConnectError) as info:
+        mitogen.unix.connect(path=path)
+    assert path in str(info.value)
+
+
+def test_client_attaches_with_the_keywords_ansible_uses(tree):
+    # As ansible_mitogen's process.py: a listener built with keywords at a
+    # make_socket_path() path, and connect(path=, broker=).
+    stream = mitogen.unix.Listener.build_stream(
+        router=tree.router, path=mitogen.unix.make_socket_path(), backlog=4)
+    path = stream.protocol.path
+    try:
+        result = run_client(path, 'call_parent_with_keywords')
+    finally:
+        tree.router.broker.defer_sync(
+            lambda: stream.on_disconnect(tree.router.broker))
+    assert result['identity'] == [os.getpid(), 0]
+    assert result['parent_is_context'] is True
+    assert not os.path.exists(path)
 
 
 def test_client_becomes_a_context_below_the_listener(tree):
@@ -377,7 +407,7 @@ def test_client_of_another_user_is_refused(other_user_python,
         proc = run_as_other_user(other_user_python, reachable_listener.path)
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     result = json.loads(proc.stdout.splitlines()[-1])
-    assert result['error'] == 'StreamError'
+    assert result['error'] == 'ConnectError'
     assert 'closed the connection' in result['message']
     uid = pwd.getpwnam(OTHER_USER).pw_uid
     assert 'runs as uid %d' % (uid,) in caplog.text

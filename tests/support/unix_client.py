@@ -23,6 +23,10 @@ forge HANDLE OTHER_ID
     an honest one.
 hold
     print the ``info`` object at once, then wait until stdin closes.
+call_parent_with_keywords
+    connect as ansible_mitogen does, with keyword arguments and a broker
+    of its own, call :func:`support.unix_funcs.identity` in the listener's
+    context, then disconnect.
 
 A refused connection prints ``{"error": ..., "message": ...}`` and exits 2.
 """
@@ -97,7 +101,31 @@ ACTIONS = {
 }
 
 
+def call_parent_with_keywords(path):
+    # The calls ansible_mitogen makes: connect(path=, broker=), a larger
+    # max_message_size, then router.disconnect(parent).
+    import mitogen.master
+    import mitogen.parent
+    from support import unix_funcs
+    broker = mitogen.master.Broker()
+    try:
+        router, parent = mitogen.unix.connect(path=path, broker=broker)
+        router.max_message_size = 2 * mitogen.core.DEFAULT_MAX_MESSAGE_SIZE
+        result = {
+            'identity': list(parent.call(unix_funcs.identity)),
+            'parent_is_context': isinstance(parent, mitogen.parent.Context),
+        }
+        router.disconnect(parent)
+    finally:
+        broker.shutdown()
+        broker.join()
+    return result
+
+
 def main(path, action, *args):
+    if action == 'call_parent_with_keywords':
+        sys.stdout.write(json.dumps(call_parent_with_keywords(path)) + '\n')
+        return 0
     try:
         router, parent = mitogen.unix.connect(path)
     except mitogen.core.Error as e:

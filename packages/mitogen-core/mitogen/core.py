@@ -72,6 +72,43 @@ else:
     integer_types = (int, long)  # noqa: F821
     iteritems = dict.iteritems
 
+#: Types accepted as filesystem paths: text and bytes (``unicode`` and
+#: ``str`` on Python 2).
+FsPathTypes = (UnicodeType, BytesType)
+
+try:
+    import builtins as _builtins
+except ImportError:
+    import __builtin__ as _builtins
+
+# Programs written for Mitogen import these from here: they are the built-in
+# functions.
+next = _builtins.next
+any = _builtins.any
+
+
+def b(s):
+    """Return the native string literal `s` as bytes (latin-1 on Python 3);
+    bytes are returned unchanged."""
+    if isinstance(s, BytesType):
+        return s
+    return s.encode('latin-1')
+
+
+def str_partition(s, sep):
+    """``s.partition(sep)`` for text."""
+    return s.partition(sep)
+
+
+def str_rpartition(s, sep):
+    """``s.rpartition(sep)`` for text."""
+    return s.rpartition(sep)
+
+
+def bytes_partition(s, sep):
+    """``s.partition(sep)`` for bytes."""
+    return s.partition(sep)
+
 #: Version of this core file (the mitogen-core distribution).
 __version__ = '0.1.0'
 
@@ -130,6 +167,12 @@ LOG = logging.getLogger('mitogen')
 IOLOG = logging.getLogger('mitogen.io')
 IOLOG.setLevel(logging.INFO)
 
+#: Names of the loggers the library configures (see
+#: ``mitogen.utils.log_to_file()``): the root logger, ``mitogen`` (records of
+#: the library, and of children under ``mitogen.ctx.<name>``) and
+#: ``mitogen.io``.
+LOGGERS = ('', 'mitogen', 'mitogen.io')
+
 
 def _io_debug():
     return IOLOG.isEnabledFor(logging.DEBUG)
@@ -167,17 +210,56 @@ def set_cloexec(fd):
     fcntl.fcntl(fd, fcntl.F_SETFD, flags | fcntl.FD_CLOEXEC)
 
 
+def get_blocking(fd):
+    """True when `fd` is in blocking mode (``os.get_blocking()`` of
+    Python 3, on every Python)."""
+    return not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK
+
+
+def set_blocking(fd, blocking):
+    """Put `fd` in blocking mode when `blocking` is true, else in
+    non-blocking mode; return its previous flags."""
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    if blocking:
+        wanted = flags & ~os.O_NONBLOCK
+    else:
+        wanted = flags | os.O_NONBLOCK
+    if wanted != flags:
+        fcntl.fcntl(fd, fcntl.F_SETFL, wanted)
+    return flags
+
+
 def set_nonblock(fd):
     """Put `fd` in non-blocking mode and return its previous flags."""
-    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-    fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
-    return flags
+    return set_blocking(fd, False)
 
 
 def set_block(fd):
     """Put `fd` in blocking mode."""
-    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-    fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
+    set_blocking(fd, True)
+
+
+def pipe():
+    """Return `(reader, writer)`: unbuffered binary file objects of a new
+    pipe, both close-on-exec. Each closes its descriptor when it is closed
+    or garbage collected, so an end dropped by mistake cannot leak."""
+    rfd, wfd = os.pipe()
+    set_cloexec(rfd)
+    set_cloexec(wfd)
+    return os.fdopen(rfd, 'rb', 0), os.fdopen(wfd, 'wb', 0)
+
+
+def socketpair(blocking=True):
+    """Return a connected pair of ``AF_UNIX`` stream sockets, both
+    close-on-exec, in blocking mode unless `blocking` is false.
+
+    Blocking sockets suit a pair used as a semaphore between processes: one
+    side waits in ``recv(1)`` until the other sends a byte, or closes."""
+    pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    for sock in pair:
+        set_cloexec(sock.fileno())
+        sock.setblocking(bool(blocking))
+    return pair
 
 
 def io_op(func, *args):
@@ -207,6 +289,60 @@ try:
     _monotonic = time.monotonic
 except AttributeError:
     _monotonic = time.time
+
+
+def import_module(modname):
+    """Import the module named `modname` (a dotted name imports its parents
+    too) and return it, as ``sys.modules`` holds it afterwards."""
+    __import__(modname)
+    return sys.modules[modname]
+
+
+def _profile_hook(name, func, *args):
+    """Call `func(*args)` and return its result. The broker thread's main
+    function runs through this hook, and programs may run theirs through it
+    too; :func:`enable_profiling` replaces it with one that profiles each
+    call."""
+    return func(*args)
+
+
+def _profile_path(name):
+    import tempfile
+    safe = ''.join(c if c.isalnum() or c in '._-' else '_' for c in name)
+    return os.path.join(tempfile.gettempdir(),
+                        'mitogen.%d.%s.pstat' % (os.getpid(), safe))
+
+
+def _profile_and_dump(name, func, *args):
+    # cProfile is absent from minimal interpreters (Debian's
+    # python3-minimal): imported only once profiling is asked for.
+    import cProfile
+    profiler = cProfile.Profile()
+    try:
+        profiler.enable()
+    except ValueError:
+        # Python 3.12+ profiles every thread with one profiler at a time:
+        # another call already records this one.
+        return func(*args)
+    try:
+        return func(*args)
+    finally:
+        profiler.disable()
+        profiler.dump_stats(_profile_path(name))
+
+
+def enable_profiling():
+    """Profile every later call made through :func:`_profile_hook` of this
+    process (which includes the main function of brokers started from now
+    on). When a call returns, its statistics are written to
+    ``<tempdir>/mitogen.<pid>.<name>.pstat``, where ``<tempdir>`` is
+    ``tempfile.gettempdir()`` (``$TMPDIR``, usually ``/tmp``); a later call
+    of the same name replaces the file. Read it with
+    ``pstats.Stats(path)``. On Python 3.12 and later one profiler records
+    every thread, so calls that overlap one being profiled are not profiled
+    separately."""
+    global _profile_hook
+    _profile_hook = _profile_and_dump
 
 
 def has_parent_authority(msg, _stream=None):
@@ -1152,6 +1288,14 @@ class Latch(object):
     def __repr__(self):
         return 'Latch(%#x, size=%d)' % (id(self), len(self._queue))
 
+    @classmethod
+    def _on_fork(cls):
+        """Discard state shared by the latches of a process, for a child
+        forked from it (see ``mitogen.fork.on_fork()``). Safe at any time.
+
+        This latch keeps none to discard: no file descriptors are cached
+        between latches, and each waiter sleeps on a lock of its own."""
+
 
 def _acquire(lock, timeout):
     if timeout is None:
@@ -1776,8 +1920,9 @@ class Broker(object):
         #: ``mitogen.parent.Reaper``): shutdown waits for them too.
         self.reaping = set()
         self.start_receive(self._waker.stream)
-        self._thread = threading.Thread(target=self._broker_main,
-                                        name='mitogen.broker')
+        self._thread = threading.Thread(
+            target=_profile_hook, args=('mitogen.broker', self._broker_main),
+            name='mitogen.broker')
         self._thread.daemon = True
         self._thread.start()
 

@@ -30,6 +30,9 @@ the fork. Anything else (third-party connection pools, threads the program
 relies on, other signal handlers) is the program's to fix up in
 ``on_fork``.
 
+A program that forks by itself calls :func:`on_fork` in the child, which
+does the part of this cleanup that suits any fork.
+
 This module runs in children too, so it is written for Python 2.7 and 3.6+.
 """
 
@@ -132,11 +135,17 @@ class Process(object):
             self.returncode = 0
             return 0
         if pid == self.pid:
-            if os.WIFSIGNALED(status):
-                self.returncode = -os.WTERMSIG(status)
-            else:
-                self.returncode = os.WEXITSTATUS(status)
+            self.returncode = _convert_exit_status(status)
         return self.returncode
+
+
+def _convert_exit_status(status):
+    """Return the ``os.waitpid()`` `status` as ``subprocess`` reports a
+    return code: minus the signal number when a signal killed the process,
+    else its exit status."""
+    if os.WIFSIGNALED(status):
+        return -os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
 
 
 class Connection(mitogen.parent.Connection):
@@ -276,8 +285,7 @@ class _ForkSetup(object):
 
     def _prepare(self, fd):
         _reset_signals()
-        _reset_locks()
-        _reseed_prngs()
+        on_fork()
         try:
             os.setsid()
         except OSError:
@@ -335,12 +343,44 @@ def _reset_signals():
         pass
 
 
+# The process the module-level locks belong to. on_fork() replaces them only
+# in another one, a fork, where the threads that may have held them at the
+# moment of the fork do not exist.
+_locks_pid = os.getpid()
+
+
+def on_fork():
+    """Reset what a process using mitogen must not share with a child it
+    forks: call it in the child after ``os.fork()`` when the program forks
+    by itself (a fork made by :meth:`mitogen.parent.Router.fork` does it
+    already).
+
+    It reseeds the pseudo-random generators (``random``, and OpenSSL's if
+    ``ssl`` is loaded), discards the state latches share
+    (:meth:`mitogen.core.Latch._on_fork`), and, in a process other than the
+    one that last called it or imported this module, replaces module-level
+    locks another thread may have held at the moment of the fork (those of
+    ``logging`` among them). Safe to call at any time, in any process, as
+    often as wanted: in the same process it touches no lock."""
+    global _locks_pid
+    if os.getpid() != _locks_pid:
+        _locks_pid = os.getpid()
+        _reset_locks()
+    _reseed_prngs()
+    mitogen.core.Latch._on_fork()
+
+
 def _reset_locks():
     # Module-level locks another thread may have held when the fork
     # happened. (Python 3.7+ resets logging's own at fork; 2.7 and 3.6 do
     # not.)
     logging._lock = threading.RLock()
     mitogen.parent._core_lock = threading.Lock()
+    # The service pool itself is per process (it is rebuilt in a process
+    # of another pid); the lock guarding it is not.
+    service = sys.modules.get('mitogen.service')
+    if service is not None:
+        service._pool_lock = threading.RLock()
 
 
 def _reseed_prngs():

@@ -45,6 +45,13 @@ DEFAULT_CONNECT_TIMEOUT = 30.0
 # process gets, in that order.
 _REAP_SIGNALS = (signal.SIGTERM, signal.SIGKILL)
 
+#: A poller class cheaper to set up than epoll, for brokers that watch few
+#: descriptors: :class:`mitogen.core.Poller` (``poll()``) where the platform
+#: has ``poll()``, else the default. Use it as the ``poller_class`` of a
+#: :class:`mitogen.core.Broker` subclass, or pass it to the broker.
+POLLER_LIGHTWEIGHT = (mitogen.core.Poller if hasattr(select, 'poll')
+                      else mitogen.core._default_poller())
+
 
 class EofError(mitogen.core.StreamError):
     """The child closed its output before the connection was ready. The
@@ -172,6 +179,47 @@ def shell_quote(s):
     return "'" + s.replace("'", "'\\''") + "'"
 
 
+#: None, or a function every child process the library starts (see
+#: :func:`spawn` and :func:`popen`) calls in the child, between fork and
+#: exec, after the library's own preparation: for instance to undo a CPU
+#: affinity the parent set for itself alone. Read at each start.
+_preexec_hook = None
+
+
+def popen(**kwargs):
+    """Start a process with ``subprocess.Popen(**kwargs)``; the child runs
+    :data:`_preexec_hook`, when set, after any `preexec_fn` given. Every
+    process the library starts goes through here."""
+    preexec_fn = kwargs.pop('preexec_fn', None)
+    hook = _preexec_hook
+    if hook is not None and preexec_fn is not None:
+        def run_both():
+            preexec_fn()
+            hook()
+        kwargs['preexec_fn'] = run_both
+    elif hook is not None or preexec_fn is not None:
+        kwargs['preexec_fn'] = hook or preexec_fn
+    return subprocess.Popen(**kwargs)
+
+
+def returncode_to_str(n):
+    """Describe the return code `n` of a process, as ``subprocess`` reports
+    it (minus the signal number when a signal killed it): ``'exited with
+    return code 1'``, ``'exited due to signal 9 (SIGKILL)'``."""
+    if n < 0:
+        return 'exited due to signal %d (%s)' % (-n, _signal_name(-n))
+    return 'exited with return code %d' % (n,)
+
+
+def _signal_name(signum):
+    # Sorted, the usual name of a signal comes before its aliases (SIGABRT
+    # before SIGIOT, SIGCHLD before SIGCLD, SIGIO before SIGPOLL).
+    names = sorted(name for name, value in vars(signal).items()
+                   if name.startswith('SIG') and not name.startswith('SIG_')
+                   and value == signum)
+    return names[0] if names else 'unknown signal'
+
+
 def _take_terminal():
     # In the child between fork and exec: a new session whose controlling
     # terminal is the pty on fd 2, so the program's /dev/tty is ours.
@@ -218,7 +266,7 @@ def spawn(argv, pty=None, tty_setup=None):
             err_r, err_w = os.pipe()
             kwargs['stderr'] = err_w
         try:
-            proc = subprocess.Popen(argv, **kwargs)
+            proc = popen(args=argv, **kwargs)
         except (OSError, IOError) as e:
             for fd in (master, err_r):
                 if fd is not None:
@@ -320,6 +368,49 @@ def _check_reachable(obj, modname, qualname):
     if module is None or target is None:
         raise TypeError('cannot call %r remotely: it is not reachable as '
                         '%s.%s' % (obj, modname, qualname))
+
+
+class CallSpec(object):
+    """A function call, described for people: ``str()`` and ``repr()`` give
+    ``module.function(arg, kw=value)``, each argument by its ``repr()`` (so
+    a :class:`mitogen.core.Secret` stays hidden).
+
+    :param func: the function, method or class called.
+    :param tuple args: its positional arguments.
+    :param dict kwargs: its keyword arguments.
+    """
+
+    def __init__(self, func, args, kwargs):
+        self.func = func
+        self.args = args
+        self.kwargs = kwargs
+
+    def _func_name(self):
+        func = self.func
+        name = getattr(func, '__qualname__', None)
+        if name is None:
+            name = getattr(func, '__name__', None)
+            if name is None:
+                return repr(func)
+            # Python 2 has no __qualname__: name the class of a method.
+            owner = (getattr(func, '__self__', None) or
+                     getattr(func, 'im_class', None))
+            if isinstance(owner, (type, getattr(types, 'ClassType', type))):
+                name = '%s.%s' % (owner.__name__, name)
+            elif owner is not None and not isinstance(owner,
+                                                      types.ModuleType):
+                name = '%s.%s' % (type(owner).__name__, name)
+        module = getattr(func, '__module__', None)
+        if module:
+            return '%s.%s' % (module, name)
+        return name
+
+    def __repr__(self):
+        parts = [repr(arg) for arg in self.args or ()]
+        parts += ['%s=%r' % item for item in (self.kwargs or {}).items()]
+        return '%s(%s)' % (self._func_name(), ', '.join(parts))
+
+    __str__ = __repr__
 
 
 class CallChain(object):

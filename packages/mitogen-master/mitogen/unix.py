@@ -57,6 +57,12 @@ if _SO_PEERCRED is None and sys.platform.startswith('linux'):
 _ucred = struct.Struct('3i')
 
 
+class ConnectError(mitogen.core.StreamError):
+    """Raised by :func:`connect` when it cannot reach a listener at the path:
+    nothing listens there (no file, or a socket its program left behind),
+    the path cannot be used, or the listener refused this program."""
+
+
 def make_socket_path():
     """Return a new path for a listening socket in the temporary directory.
 
@@ -317,7 +323,7 @@ def _recv_exact(sock, n, path):
                 'no handshake from the listener at %s within %.1f seconds'
                 % (path, HANDSHAKE_TIMEOUT))
         if not chunk:
-            raise mitogen.core.StreamError(
+            raise ConnectError(
                 'the listener at %s closed the connection before its '
                 'handshake: it accepts only programs running as its own '
                 'user' % (path,))
@@ -376,8 +382,10 @@ def connect(path, broker=None):
     :param str path: the listener's socket.
     :param mitogen.core.Broker broker: broker for the new router; a new
         :class:`mitogen.master.Broker` when None.
-    :raises mitogen.core.StreamError: when the listener refuses this
-        program (another user) or does not answer as a listener does.
+    :raises ConnectError: when nothing listens at `path`, or the listener
+        refuses this program (another user).
+    :raises mitogen.core.StreamError: when the peer does not answer as a
+        listener does.
     :raises mitogen.core.TimeoutError: when no handshake arrives within
         :data:`HANDSHAKE_TIMEOUT` seconds.
     """
@@ -385,7 +393,11 @@ def connect(path, broker=None):
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.settimeout(HANDSHAKE_TIMEOUT)
-        sock.connect(path)
+        try:
+            sock.connect(path)
+        except (socket.error, OSError) as e:
+            raise ConnectError('could not connect to the listener at %s: %s'
+                               % (path, e))
         context_id, parent_ids, parent_name = _read_handshake(sock, path)
         fd = os.dup(sock.fileno())
     finally:
