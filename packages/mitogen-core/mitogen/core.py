@@ -137,9 +137,11 @@ SHUTDOWN = 106
 LOAD_MODULE = 107
 #: Reserved for forwarding modules down a tree of contexts.
 FORWARD_MODULE = 108
-#: Reserved for a context announcing that it detaches from its parent.
+#: Handle on which a child announces that it detaches from its parent
+#: (:meth:`ExternalContext.detach`); accepted only from a direct child.
 DETACHING = 109
-#: Reserved for service calls.
+#: Handle of service calls (:mod:`mitogen.service`): the body is
+#: ``(service name, method name, kwargs)``.
 CALL_SERVICE = 110
 #: Reserved for service calls made through a stub.
 STUB_CALL_SERVICE = 111
@@ -1910,6 +1912,7 @@ class Broker(object):
     def __init__(self, poller_class=None, activate_compat=True):
         self._alive = True
         self._exitted = False
+        self._shutdown_fired = False
         self.poller = (poller_class or self.poller_class or
                        _default_poller())()
         self.timers = TimerList()
@@ -2020,17 +2023,29 @@ class Broker(object):
         try:
             while self._alive:
                 self._loop_once()
+            self._fire_shutdown()
             self._do_shutdown()
         except Exception:
             LOG.exception('broker crashed')
             self._force_close_all()
         finally:
+            self._fire_shutdown()
             self._exitted = True
             self._waker.run_deferred()
             self._waker.stream.on_disconnect(self)
             self._waker.close()
             self.poller.close()
             fire(self, 'exit')
+
+    def _fire_shutdown(self):
+        # The 'shutdown' signal: fired once, on the broker thread, as
+        # shutdown begins (or as a crashed broker exits), before 'exit'.
+        if not self._shutdown_fired:
+            self._shutdown_fired = True
+            try:
+                fire(self, 'shutdown')
+            except Exception:
+                LOG.exception('%r: a shutdown listener failed', self)
 
     @staticmethod
     def _is_upward(stream):
@@ -2156,6 +2171,23 @@ class Context(object):
         """Send `msg` to this context (setting its ``dst_id``)."""
         msg.dst_id = self.context_id
         self.router.route(msg)
+
+    def call_service_async(self, service_name, method_name, **kwargs):
+        """Ask the service pool of this context to run `method_name` of the
+        service named `service_name` (a name like ``pkg.mod.Class``, or a
+        service class) with `kwargs`; return the :class:`Receiver` the reply
+        arrives on. See :mod:`mitogen.service`."""
+        name = getattr(service_name, 'name', None)
+        if callable(name):
+            service_name = name()
+        tup = (to_text(service_name), to_text(method_name), Kwargs(kwargs))
+        return self.send_async(Message.pickled(tup, handle=CALL_SERVICE))
+
+    def call_service(self, service_name, method_name, **kwargs):
+        """Like :meth:`call_service_async`, then wait for the reply and
+        return it; a failure in the service raises :class:`CallError`."""
+        recv = self.call_service_async(service_name, method_name, **kwargs)
+        return recv.get().unpickle()
 
     def __eq__(self, other):
         return (isinstance(other, Context) and
@@ -2322,6 +2354,11 @@ class Router(object):
     """
     context_class = Context
     max_message_size = DEFAULT_MAX_MESSAGE_SIZE
+    #: In a child: the :class:`Receiver` on :data:`CALL_SERVICE` that holds
+    #: service calls from parents until a service pool exists; the pool
+    #: takes it over (:func:`mitogen.service.get_or_create_pool`). None in
+    #: a master, which builds its pools by hand.
+    service_stub_recv = None
     #: When true, messages between two child streams are refused.
     unidirectional = False
 
@@ -3366,7 +3403,23 @@ class ExternalContext(object):
         importer = getattr(self, 'importer', None)
         if importer is not None:
             importer._on_disconnect()
+        if self.detached:
+            LOG.debug('%r: detached from the parent', self)
+            return
         self.broker.shutdown()
+
+    def detach(self):
+        """Detach this context from its parent, so it lives on when the
+        parent goes away: for work that must outlive the connection that
+        started it (Mitogen for Ansible's asynchronous tasks). The parent
+        is told with :data:`DETACHING`, closes the connection without
+        ending the process, and no longer waits for it or kills it. Once
+        the parent is gone, nothing more can be imported or logged upwards;
+        the context ends when its code shuts the broker down."""
+        if self.detached:
+            return
+        self.detached = True
+        self.parent.send(Message(handle=DETACHING))
 
     def _on_shutdown_msg(self, msg):
         if not msg.is_dead:
@@ -3374,7 +3427,6 @@ class ExternalContext(object):
             self.broker.shutdown()
 
     def _on_broker_exit(self):
-        fire(self.broker, 'shutdown')
         if not self.config.get('profiling'):
             # The last resort of shutdown: if the main thread is stuck in
             # user code, it cannot end the process, so the broker does.
@@ -3458,6 +3510,48 @@ class ExternalContext(object):
             sys.stderr = os.fdopen(2, 'w', 0)
         sys.stdin = open(os.devnull)
 
+    def _setup_service_stub(self):
+        # Service calls may reach a child before any code there imported
+        # mitogen.service. A parent's first one starts a thread that imports
+        # it and builds the pool, which takes over this receiver and what it
+        # queued. Only parents may call services in a child.
+        self._service_pool_started = False
+        recv = Receiver(self.router, handle=CALL_SERVICE,
+                        policy=has_parent_authority)
+        recv.notify = self._on_first_service_call
+        self.router.service_stub_recv = recv
+        listen(self.broker, 'shutdown', recv.close)
+
+    def _on_first_service_call(self, recv):
+        # Broker thread: importing here would deadlock on the importer,
+        # which needs this thread to receive the module.
+        if self._service_pool_started:
+            return
+        self._service_pool_started = True
+        t = threading.Thread(target=self._start_service_pool,
+                             name='mitogen.service.stub')
+        t.daemon = True
+        t.start()
+
+    def _start_service_pool(self):
+        try:
+            __import__('mitogen.service')
+            sys.modules['mitogen.service'].get_or_create_pool(
+                router=self.router)
+        except Exception:
+            e = CallError(sys.exc_info()[1])
+            LOG.exception('%r: could not start the service pool', self)
+            recv = self.router.service_stub_recv
+            while True:
+                try:
+                    msg = recv.get(block=False)
+                except (TimeoutError, ChannelError):
+                    break
+                if msg.reply_to:
+                    msg.reply(e)
+            # The next call tries again.
+            self._service_pool_started = False
+
     def main(self):
         """Run the child until shutdown."""
         self._main_done = threading.Event()
@@ -3467,6 +3561,7 @@ class ExternalContext(object):
         self.router.add_handler(self._on_shutdown_msg, SHUTDOWN,
                                 policy=has_parent_authority)
         self.dispatcher = Dispatcher(self)
+        self._setup_service_stub()
         # Only now, with every handler in place, may the parent send.
         os.write(self.config['out_fd'], self.ready_line)
         self._setup_logging()

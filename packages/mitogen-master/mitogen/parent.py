@@ -25,6 +25,7 @@ import subprocess
 import sys
 import termios
 import threading
+import time
 import types
 import zlib
 
@@ -617,6 +618,9 @@ class Connection(object):
     name_prefix = u'local'
     #: Set by :meth:`connect`: the child's process ID.
     pid = None
+    #: Set when the child detached (:meth:`mitogen.core.ExternalContext.detach`):
+    #: its process is reaped but never killed.
+    detached = False
     #: Reported by the child: its Python version.
     remote_python_version = None
 
@@ -955,6 +959,8 @@ class Router(mitogen.core.Router):
         self._id_block = iter(())
         self._conns = {}
         self._reaped = {}
+        self.add_handler(self._on_detaching, mitogen.core.DETACHING,
+                         policy=self._from_immediate_child, overwrite=True)
         if mitogen.is_master:
             self.id_allocator = IdAllocator(self)
         else:
@@ -1153,10 +1159,26 @@ class Router(mitogen.core.Router):
             dst_id=stream.protocol.remote_id, handle=mitogen.core.SHUTDOWN,
             src_id=self.context_id, auth_id=self.context_id))
 
+    def _on_detaching(self, msg):
+        # A child detaches (ExternalContext.detach()): close the connection
+        # but leave its process running; it is reaped, never killed.
+        if msg.is_dead:
+            return
+        conn = self._conns.get(msg.src_id)
+        stream = self._stream_by_id.get(msg.src_id)
+        if conn is None or stream is None:
+            return
+        LOG.debug('%r: %s detached', self, conn.name)
+        conn.detached = True
+        stream.on_disconnect(self.broker)
+
     def _on_child_disconnect(self, context_id):
         # Ancestors learn the context is gone only once its process is, so
         # shutdown(wait=True) from any of them means "nothing left running".
         conn = self._conns.pop(context_id, None)
+        if conn is not None and conn.proc is not None and conn.detached:
+            _reap_in_background(conn.proc)
+            conn = None
         if conn is None or conn.proc is None:
             self._reaped[context_id].put(None)
             self.propagate_del_route(context_id)
@@ -1420,6 +1442,17 @@ def _proxy_error(e, via_context):
     if cls is None:
         return e
     return cls('%s (via %s)' % (e.remote_message, via_context.name))
+
+
+def _reap_in_background(proc):
+    # A detached child may run for longer than this context: collect its
+    # exit status whenever it comes, without holding up shutdown.
+    def wait():
+        while proc.poll() is None:
+            time.sleep(0.2)
+    t = threading.Thread(target=wait, name='mitogen.reap.%s' % (proc.pid,))
+    t.daemon = True
+    t.start()
 
 
 class Reaper(object):
