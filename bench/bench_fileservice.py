@@ -63,6 +63,12 @@ def noop():
     return None
 
 
+def cpu_seconds():
+    """CPU time (user + system, every thread) this process used so far."""
+    times = os.times()
+    return times[0] + times[1]
+
+
 @mitogen.core.takes_router
 def fetch(path, dest, router):
     """Child side: stream `path` from the master's FileService into `dest`.
@@ -104,17 +110,21 @@ def worker(opts):
                              connect_timeout=30)
             sudo = router.sudo(via=ssh, username=SUDO_USER,
                                python_path=TARGET_PYTHON)
-            for way, ctx in (('ssh', ssh), ('ssh_sudo', sudo)):
+            for way, chain in (('ssh', [ssh]), ('ssh_sudo', [ssh, sudo])):
+                ctx = chain[-1]
                 # Imports this module and mitogen.service in the child
                 # before the clock starts.
                 ctx.call(noop)
                 dest = os.path.join(opts.dest_dir, '%s.%d' % (way, os.getpid()))
+                cpu = cpu_seconds() + sum(c.call(cpu_seconds) for c in chain)
                 started = time.perf_counter()
                 ok = ctx.call(fetch, opts.path, dest)
                 elapsed = time.perf_counter() - started
+                cpu = cpu_seconds() + sum(c.call(cpu_seconds)
+                                          for c in chain) - cpu
                 size, sha1 = ctx.call(check_and_remove, dest)
                 print(json.dumps({
-                    'way': way, 'seconds': elapsed,
+                    'way': way, 'seconds': elapsed, 'python_cpu': cpu,
                     'ok': bool(ok and size == opts.size
                                and sha1 == opts.sha1),
                 }), flush=True)
@@ -186,6 +196,7 @@ def driver(opts):
     os.mkdir(dest_dir)
     os.chmod(dest_dir, 0o1777)           # the sudo account writes here
     results = {}
+    cpu = {}        # way -> CPU seconds of the Python processes involved
     started = time.monotonic()
     server = None
     try:
@@ -206,25 +217,32 @@ def driver(opts):
                         '%s %s' % (side, r['way'])
                     mb_s = size / r['seconds'] / 1e6
                     results.setdefault(name, []).append(mb_s)
-                    print(json.dumps({'round': rnd + 1, 'way': name,
-                                      'MB/s': round(mb_s, 1)}), flush=True)
+                    line = {'round': rnd + 1, 'way': name,
+                            'MB/s': round(mb_s, 1)}
+                    if 'python_cpu' in r:
+                        cpu.setdefault(name, []).append(r['python_cpu'])
+                        line['python_cpu_s'] = round(r['python_cpu'], 2)
+                    print(json.dumps(line), flush=True)
     finally:
         if server is not None:
             server.stop()
         shutil.rmtree(work, ignore_errors=True)
 
     med = {name: statistics.median(v) for name, v in results.items()}
-    print('\n%d MiB file, %d round(s), %.0f s, medians (MB/s = 10^6 bytes/s)'
+    print('\n%d MiB file, %d round(s), %.0f s, medians (MB/s = 10^6 bytes/s; '
+          'CPU: seconds used by the master and the contexts on the way)'
           % (opts.mib, opts.rounds, time.monotonic() - started))
-    print('%-18s %8s %8s %12s' % ('way', 'MB/s', 'vs scp', 'vs mitogen'))
+    print('%-18s %8s %8s %12s %8s' % ('way', 'MB/s', 'vs scp', 'vs mitogen',
+                                      'CPU s'))
     for name in sorted(med, key=lambda n: (n != 'scp', n.split()[-1], n)):
         versus = '-'
         if name.startswith('ours '):
             anchor = med.get('mitogen ' + name.split()[1])
             if anchor:
                 versus = '%.2fx' % (med[name] / anchor)
-        print('%-18s %8.1f %7.2fx %12s' % (name, med[name],
-                                           med[name] / med['scp'], versus))
+        cpu_s = '%.2f' % statistics.median(cpu[name]) if name in cpu else '-'
+        print('%-18s %8.1f %7.2fx %12s %8s' % (
+            name, med[name], med[name] / med['scp'], versus, cpu_s))
 
 
 def main():
