@@ -179,6 +179,9 @@ class Bench(object):
                 proc.wait(RUN_TIMEOUT)
             except subprocess.TimeoutExpired:
                 error = 'timed out after %d s' % RUN_TIMEOUT
+            except BaseException:
+                benchlib.kill_group(proc)       # interrupted
+                raise
             elapsed = time.perf_counter() - started
         self._clean_up(proc, run_dir)
         if error is None and proc.returncode:
@@ -207,11 +210,7 @@ class Bench(object):
                     not benchlib.descendants(self.server.proc.pid):
                 break
             time.sleep(0.05)
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except OSError:
-            pass
-        proc.wait()
+        benchlib.kill_group(proc)
         for pid in benchlib.descendants(self.server.proc.pid):
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -269,7 +268,7 @@ def main():
                         results.setdefault((hosts, way), []).append(elapsed)
     finally:
         if server is not None:
-            server.stop()
+            benchlib.stop_sshd(server)
         shutil.rmtree(work, ignore_errors=True)
 
     print('\n%d round(s), %.0f s; playbook wall time in seconds, medians; '

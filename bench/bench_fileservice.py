@@ -34,7 +34,6 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 
@@ -143,16 +142,22 @@ def sha1_of(path):
 
 
 def run_worker(side, opts, server, src, size, sha1, dest_dir):
+    import benchlib     # the driver's only: children need none of it
     argv = [PYTHONS[side], os.path.abspath(__file__), '--worker',
             '--path', src, '--size', str(size), '--sha1', sha1,
             '--dest-dir', dest_dir, '--pool-size', str(opts.pool_size),
             '--ssh-port', str(server.port), '--ssh-key', server.client_key,
             '--ssh-config', server.client_config()]
-    proc = subprocess.run(argv, stdin=subprocess.DEVNULL,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          timeout=WORKER_TIMEOUT, cwd=ROOT)
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=ROOT, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=WORKER_TIMEOUT)
+    finally:
+        # The worker and whatever it left (its ssh client, say).
+        benchlib.kill_group(proc)
     records = []
-    for line in proc.stdout.decode().splitlines():
+    for line in stdout.decode().splitlines():
         try:
             records.append(json.loads(line))
         except ValueError:
@@ -161,7 +166,7 @@ def run_worker(side, opts, server, src, size, sha1, dest_dir):
             not all(r['ok'] for r in records):
         raise RuntimeError('%s worker failed (exit %d): %s\n%s' % (
             side, proc.returncode, records,
-            proc.stderr.decode('utf-8', 'replace')[-3000:]))
+            stderr.decode('utf-8', 'replace')[-3000:]))
     return records
 
 
@@ -178,10 +183,7 @@ def run_scp(server, src, dest_dir):
 
 
 def driver(opts):
-    # Not at the top: the workers run in the anchor's venv, without pytest.
-    sys.path.insert(0, HERE)
-    import benchlib
-
+    import benchlib     # the driver's only: children need none of it
     benchlib.require_root_and_sshd()
     sides = opts.side or sorted(PYTHONS)
     if 'mitogen' in sides:
@@ -225,7 +227,7 @@ def driver(opts):
                     print(json.dumps(line), flush=True)
     finally:
         if server is not None:
-            server.stop()
+            benchlib.stop_sshd(server)
         shutil.rmtree(work, ignore_errors=True)
 
     med = {name: statistics.median(v) for name, v in results.items()}
