@@ -65,7 +65,7 @@ RUN_TAG_VARIABLE = 'MITOGEN_TEST_ANSIBLE_RUN'
 RESULTS_VARIABLE = 'MITOGEN_TEST_ANSIBLE_RESULTS'
 
 #: Seconds a playbook run may take before the test calls it hung (stock
-#: linear needs 90-110 s for the main playbook on 2 busy cores).
+#: linear needs 70-120 s for the main playbook on 2 cores, idle or busy).
 RUN_TIMEOUT = 240
 #: Seconds processes of a finished run get to exit by themselves.
 PROCESS_SETTLE = 10.0
@@ -145,15 +145,6 @@ def ansible_python():
 
 def ansible_playbook():
     return os.path.join(os.path.dirname(ansible_python()), 'ansible-playbook')
-
-
-def ansible_core_version():
-    """ansible-core's version as a tuple of ints, e.g. (2, 19, 14)."""
-    out = subprocess.run(
-        [ansible_python(), '-c',
-         'import ansible.release; print(ansible.release.__version__)'],
-        stdout=subprocess.PIPE, check=True).stdout.decode().strip()
-    return tuple(int(n) for n in re.findall(r'\d+', out)[:3])
 
 
 def oldest_target_python():
@@ -265,6 +256,8 @@ class TargetSampler(threading.Thread):
                     self.seen[key] = command
 
     def stop(self):
+        """End the thread, after one last sample; :meth:`sample` may
+        still be called afterwards."""
         self._stop_event.set()
         self.join()
         self.sample()
@@ -477,14 +470,13 @@ class Playbook(object):
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL, timeout=30)
 
-    def run(self, strategy, label=None, during=None):
+    def run(self, strategy, during=None):
         """Run the playbook with `strategy` and return a :class:`Run`.
         `during`, if given, is called with the run's directory while
         ``ansible-playbook`` runs, in a thread of its own."""
-        label = label or strategy
-        run_dir = os.path.join(self.base, label)
+        run_dir = os.path.join(self.base, strategy)
         os.mkdir(run_dir)
-        scratch = os.path.join(self.scratch, label)
+        scratch = os.path.join(self.scratch, strategy)
         os.mkdir(scratch)
         os.chmod(scratch, 0o1777)
         tag = uuid.uuid4().hex
@@ -535,6 +527,7 @@ class Playbook(object):
     def _wait_for_processes(self, sampler, tag):
         """Wait for the run's processes to go; kill and return those that
         outlive :data:`PROCESS_SETTLE`."""
+        sampler.stop()
         deadline = time.monotonic() + PROCESS_SETTLE
         while True:
             local = tagged_processes(RUN_TAG_VARIABLE, tag)
@@ -543,7 +536,6 @@ class Playbook(object):
             if (not local and not remote) or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
-        sampler.stop()
         left = dict(local)
         left.update(remote)
         kill_processes(list(left))

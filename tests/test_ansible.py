@@ -347,6 +347,12 @@ def test_many_hosts_leave_nothing_behind(mitogen_many):
 
 
 # --- a task killed on its target -------------------------------------------
+#
+# The process killed is the one running the task's module on the target:
+# with Mitogen for Ansible, the target's context itself (modules run in
+# it), so its connection dies and must be made again for the next task.
+# Killing Ansible's own WorkerProcess instead makes stock Ansible end the
+# whole run ("A worker was found in a dead state"), whatever the strategy.
 
 #: The host whose task process the test kills.
 VICTIM = 'victim'
