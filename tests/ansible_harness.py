@@ -14,10 +14,11 @@ stock Ansible.
   no configuration file) and collects what the ``result_dump``
   callback (``tests/ansible/callback_plugins``) wrote: one record per task
   result and the play recap.
-* While it runs, it samples the processes the run starts on the targets
-  (descendants of the private sshd); afterwards it lists what is still alive
-  locally (processes carrying the run's tag in their environment) or on the
-  targets, and the UNIX socket files left in the run's directory.
+* While it runs, it samples the processes the run starts (descendants of
+  ``ansible-playbook`` and of the private sshd); afterwards it lists those
+  still alive, and any other process carrying the run's tag in its
+  environment or working in the run's directory, and the UNIX socket files
+  left in that directory.
 * :func:`normalise_result` removes from results what legitimately differs between
   two runs (timings, temporary paths, PIDs, job IDs, retry counts) so that
   :func:`differences` can compare a run with the reference run of the
@@ -202,9 +203,12 @@ def descendants(root_pid, known=None):
     return result
 
 
-def tagged_processes(variable, tag):
+def marked_processes(variable, tag, directory):
     """``{(pid, start time): command}`` of every live process whose
-    environment holds ``variable=tag``."""
+    environment holds ``variable=tag`` or whose working directory is
+    `directory` or below it (a process that rewrites its environment
+    for its title, as ssh's ControlPersist master does, still keeps the
+    working directory it inherited)."""
     marker = ('%s=%s' % (variable, tag)).encode()
     found = {}
     for name in os.listdir('/proc'):
@@ -213,13 +217,15 @@ def tagged_processes(variable, tag):
         try:
             with open('/proc/%s/environ' % name, 'rb') as f:
                 environ = f.read()
+            cwd = os.readlink('/proc/%s/cwd' % name)
         except OSError:
             continue
-        if marker in environ.split(b'\0'):
+        if (marker in environ.split(b'\0') or cwd == directory
+                or cwd.startswith(directory + os.sep)):
+            stat_fields = _stat(name)
             status = leakcheck.process_status(int(name))
-            start = _start_time(int(name))
-            if status is not None and status[1] != 'Z' and start:
-                found[(int(name), start)] = status[2]
+            if stat_fields and status and stat_fields[1] != 'Z':
+                found[(int(name), stat_fields[2])] = status[2]
     return found
 
 
@@ -230,17 +236,26 @@ def _alive(key):
     return found is not None and found[1] != 'Z' and found[2] == key[1]
 
 
-class TargetSampler(threading.Thread):
-    """Records every descendant of `root_pid` (the sshd the targets are
-    reached through) seen while it runs, even one that is re-parented to
-    PID 1 later."""
+class ProcessSampler(threading.Thread):
+    """Records every process seen below its roots while it runs (the sshd
+    the targets are reached through, ``ansible-playbook`` itself), even one
+    re-parented to PID 1 later. Processes already below a root when it is
+    added do not count, unless the root is `fresh` (just started by the
+    caller, so that everything below it is its doing)."""
 
-    def __init__(self, root_pid):
-        super().__init__(name='ansible-target-sampler', daemon=True)
-        self.root_pid = root_pid
+    def __init__(self):
+        super().__init__(name='ansible-process-sampler', daemon=True)
+        self.roots = []
+        self.before = {}
         self.seen = {}
-        self.before = descendants(root_pid) if root_pid else {}
+        self._lock = threading.Lock()
         self._stop_event = threading.Event()
+
+    def add_root(self, pid, fresh=False):
+        with self._lock:
+            if not fresh:
+                self.before.update(descendants(pid))
+            self.roots.append(pid)
 
     def run(self):
         while not self._stop_event.is_set():
@@ -248,12 +263,13 @@ class TargetSampler(threading.Thread):
             self._stop_event.wait(SAMPLE_INTERVAL)
 
     def sample(self):
-        if self.root_pid:
+        with self._lock:
             known = dict(self.before)
             known.update(self.seen)
-            for key, command in descendants(self.root_pid, known).items():
-                if key not in self.before:
-                    self.seen[key] = command
+            for root in self.roots:
+                for key, command in descendants(root, known).items():
+                    if key not in self.before:
+                        self.seen[key] = command
 
     def stop(self):
         """End the thread, after one last sample; :meth:`sample` may
@@ -488,7 +504,9 @@ class Playbook(object):
         extra_vars = dict(self.extra_vars, scratch=scratch, run_dir=run_dir)
         for key, value in sorted(extra_vars.items()):
             argv += ['-e', '%s=%s' % (key, value)]
-        sampler = TargetSampler(self.sshd.proc.pid if self.sshd else None)
+        sampler = ProcessSampler()
+        if self.sshd is not None:
+            sampler.add_root(self.sshd.proc.pid)
         sampler.start()
         helper = None
         started = time.monotonic()
@@ -496,6 +514,7 @@ class Playbook(object):
             proc = subprocess.Popen(argv, cwd=run_dir, env=env,
                                     stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=subprocess.STDOUT)
+            sampler.add_root(proc.pid, fresh=True)
             if during is not None:
                 helper = threading.Thread(target=during, args=(run_dir,),
                                           daemon=True)
@@ -512,7 +531,7 @@ class Playbook(object):
             if helper is not None:
                 helper.join(self.timeout)
             self._stop_control_masters(run_dir)
-            leftovers = self._wait_for_processes(sampler, tag)
+            leftovers = self._wait_for_processes(sampler, tag, run_dir)
             out.seek(0)
             output = out.read().decode('utf-8', 'replace')
         records = []
@@ -524,20 +543,20 @@ class Playbook(object):
         return Run(strategy, returncode, output, records, elapsed,
                    leftovers, unix_sockets(run_dir), replacements)
 
-    def _wait_for_processes(self, sampler, tag):
+    def _wait_for_processes(self, sampler, tag, run_dir):
         """Wait for the run's processes to go; kill and return those that
         outlive :data:`PROCESS_SETTLE`."""
         sampler.stop()
         deadline = time.monotonic() + PROCESS_SETTLE
         while True:
-            local = tagged_processes(RUN_TAG_VARIABLE, tag)
+            local = marked_processes(RUN_TAG_VARIABLE, tag, run_dir)
             sampler.sample()
-            remote = {k: c for k, c in sampler.seen.items() if _alive(k)}
-            if (not local and not remote) or time.monotonic() > deadline:
+            sampled = {k: c for k, c in sampler.seen.items() if _alive(k)}
+            if (not local and not sampled) or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
         left = dict(local)
-        left.update(remote)
+        left.update(sampled)
         kill_processes(list(left))
         return sorted((key[0], command) for key, command in left.items())
 
