@@ -341,6 +341,10 @@ def write_inventory(path, hosts, group='targets'):
 class Run(object):
     """What one ``ansible-playbook`` run did.
 
+    .. attribute:: returncode
+
+       Its exit status; None if it was killed at its timeout.
+
     .. attribute:: results
 
        ``{(task, host): [record, ...]}``: every result record of the
@@ -380,11 +384,18 @@ class Run(object):
                 self.stats[record['host']] = record['stats']
 
     def describe(self):
-        """The tail of ``ansible-playbook``'s output, for failure
-        messages."""
-        return 'ansible-playbook (%s) exited %s after %.1f s; output:\n%s' % (
-            self.strategy, self.returncode, self.elapsed,
-            self.output[-6000:])
+        """What was left behind and the tail of ``ansible-playbook``'s
+        output, for failure messages."""
+        if self.returncode is None:
+            outcome = 'was killed at its timeout'
+        else:
+            outcome = 'exited %d' % self.returncode
+        lines = ['ansible-playbook (%s) %s after %.1f s' % (
+            self.strategy, outcome, self.elapsed)]
+        lines += ['left process %d: %s' % (pid, command[:200])
+                  for pid, command in self.leftover_processes]
+        lines += ['left socket %s' % path for path in self.leftover_sockets]
+        return '\n'.join(lines) + '\noutput:\n' + self.output[-6000:]
 
 
 class Playbook(object):
@@ -525,8 +536,8 @@ class Playbook(object):
                 # Its workers and multiplexer are killed with the other
                 # leftovers below.
                 proc.kill()
-                returncode = 'killed after %d s' % self.timeout
                 proc.wait()
+                returncode = None
             elapsed = time.monotonic() - started
             if helper is not None:
                 helper.join(self.timeout)
