@@ -49,9 +49,9 @@ MITOGEN_STRATEGIES = ('mitogen_linear', 'mitogen_free', 'mitogen_host_pinned')
 BIG_FILE_SIZE = 5 * 1024 * 1024
 
 #: Seconds the kill test waits for the task's process to show up.
-KILL_WAIT = 30.0
-#: Seconds the kill playbook may take (it needs 3-6 s).
-KILL_RUN_TIMEOUT = 60
+KILL_WAIT = 20.0
+#: Seconds the kill playbook may take (it needs 3-13 s, idle or busy).
+KILL_RUN_TIMEOUT = 30
 
 
 @pytest.fixture(scope='module')
