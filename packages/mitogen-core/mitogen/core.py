@@ -1723,6 +1723,9 @@ class MitogenProtocol(Protocol):
         self._transmitting = False
         #: Messages received on this stream.
         self.recv_count = 0
+        #: IDs of the contexts this stream's peer sent messages to through
+        #: this context: told with :data:`DEL_ROUTE` when one of them goes.
+        self.egress_ids = set()
 
     def __repr__(self):
         return 'MitogenProtocol(remote_id=%s)' % (self.remote_id,)
@@ -2376,7 +2379,7 @@ class Router(object):
         self.add_handler(self._on_add_route, ADD_ROUTE,
                          policy=self._from_immediate_child)
         self.add_handler(self._on_del_route, DEL_ROUTE,
-                         policy=self._from_immediate_child)
+                         policy=self._from_child_or_parent)
 
     def __repr__(self):
         return 'Router(%r)' % (self.broker,)
@@ -2444,10 +2447,27 @@ class Router(object):
 
     def del_route(self, target_id):
         """Forget the route to `target_id` and fire its ``disconnect``."""
-        self._stream_by_id.pop(target_id, None)
+        gone = self._stream_by_id.pop(target_id, None)
         ctx = self._context_by_id.get(target_id)
         if ctx is not None:
             ctx.on_disconnect()
+        self._tell_senders(target_id, gone)
+
+    def _tell_senders(self, target_id, gone):
+        # DEL_ROUTE travels up the tree only, so a child that sent messages
+        # to `target_id` through us (say, a process attached through
+        # mitogen.unix waiting for a reply) would never learn it is gone:
+        # tell each such child directly.
+        for stream in set(self._stream_by_id.values()):
+            protocol = stream.protocol
+            if stream is gone or stream.disconnected or \
+                    protocol.is_privileged or \
+                    target_id not in getattr(protocol, 'egress_ids', ()):
+                continue
+            protocol.egress_ids.discard(target_id)
+            protocol.send(Message.pickled(
+                target_id, dst_id=protocol.remote_id, handle=DEL_ROUTE,
+                src_id=self.context_id, auth_id=self.context_id))
 
     # Routes to contexts this one did not start itself are learned from
     # ADD_ROUTE messages that travel upward: the context that starts a child
@@ -2456,6 +2476,13 @@ class Router(object):
     # own stream, and never for this context, its ancestors, or an ID
     # already reached another way; so a compromised context can at most
     # affect routes into its own subtree.
+
+    def _from_child_or_parent(self, msg, stream):
+        # DEL_ROUTE also comes down from the parent (see _tell_senders).
+        if stream is not None and stream.protocol.is_privileged and \
+                msg.src_id == stream.protocol.remote_id:
+            return True
+        return self._from_immediate_child(msg, stream)
 
     def _from_immediate_child(self, msg, stream):
         if stream is None or stream.protocol.is_privileged or \
@@ -2536,6 +2563,19 @@ class Router(object):
         except StreamError:
             return
         stream = self._stream_by_id.get(msg.src_id)
+        if stream is not None and stream is self.parent_stream:
+            # From the parent: a context we reach through it is gone.
+            pkg = _package_module()
+            ancestors = pkg.parent_ids if pkg is not None else []
+            if not isinstance(target_id, integer_types) or \
+                    target_id == self.context_id or target_id in ancestors or \
+                    self.stream_by_id(target_id) is not stream:
+                return
+            ctx = self._context_by_id.get(target_id)
+            if ctx is not None:
+                ctx.on_disconnect()
+            self._tell_senders(target_id, stream)
+            return
         if target_id == msg.src_id or \
                 self._stream_by_id.get(target_id) is not stream:
             return
@@ -2686,6 +2726,8 @@ class Router(object):
             self._maybe_send_dead(msg, 'no route to context %r from '
                                   'context %r', msg.dst_id, self.context_id)
             return
+        if in_stream is not None and not in_stream.protocol.is_privileged:
+            in_stream.protocol.egress_ids.add(msg.dst_id)
         if (self.unidirectional and in_stream is not None and
                 not in_stream.protocol.is_privileged and
                 not out.protocol.is_privileged):
@@ -2725,6 +2767,7 @@ class Router(object):
         for target_id, s in list(self._stream_by_id.items()):
             if s is stream:
                 del self._stream_by_id[target_id]
+                self._tell_senders(target_id, stream)
                 ctx = self._context_by_id.get(target_id)
                 if ctx is not None and target_id != \
                         stream.protocol.remote_id:

@@ -705,10 +705,12 @@ class Connection(object):
                 if rfd == fd:
                     if not chunk:
                         self._reap_failed()
+                        # The child's last line ends the text: programs
+                        # show it as the reason (ssh's own error, say).
                         raise EofError(
-                            'EOF on stream of %s before it was ready: %s%s'
-                            % (self._describe(), self._fail_text(),
-                               self._exit_text()))
+                            'EOF on stream of %s before it was ready%s: %s'
+                            % (self._describe(), self._exit_text(),
+                               self._fail_text()))
                     data += chunk
                     if marker not in data:
                         self._output.append(chunk)
@@ -780,9 +782,9 @@ class Connection(object):
                     continue
                 if e.args[0] in (errno.EPIPE, errno.ECONNRESET):
                     self._reap_failed()
-                    raise EofError('%s exited while receiving the core: %s%s'
-                                   % (self._describe(), self._fail_text(),
-                                      self._exit_text()))
+                    raise EofError('%s exited while receiving the core%s: %s'
+                                   % (self._describe(), self._exit_text(),
+                                      self._fail_text()))
                 raise
             view = view[n:]
 
