@@ -539,6 +539,12 @@ class ModuleFinder:
         # Scanning is cached per file as (mtime_ns, size, records); an
         # edited file is rescanned on the next request.
         self._scan_cache = {}
+        # Modules found in a file, kept across requests: searching sys.path
+        # costs several stat() calls per entry, on the broker thread, for
+        # every related module of every request. A hit is checked with one
+        # stat() of its file. Misses and namespace packages (which gain
+        # portions as sys.path grows) are searched afresh each time.
+        self._located = {}
 
     # -- Locating -------------------------------------------------------
 
@@ -559,7 +565,15 @@ class ModuleFinder:
             if name in memo:
                 location = memo[name]
             else:
-                location = self._locate_one(name, parts[depth - 1], location)
+                known = self._located.get(name)
+                if known is not None and os.path.isfile(known.origin):
+                    location = known
+                else:
+                    location = self._locate_one(name, parts[depth - 1],
+                                                location)
+                    if location is not None and location.origin and \
+                            location.kind != _NAMESPACE:
+                        self._located[name] = location
                 memo[name] = location
             if location is None:
                 break
