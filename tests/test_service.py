@@ -43,6 +43,14 @@ def child(router):
     return router.local(python_path=sys.executable)
 
 
+def parent_call_error(child, name, method, kwargs):
+    """Text of the CallError that `child` gets calling `method` of the
+    master's service `name`."""
+    with pytest.raises(mitogen.core.CallError) as info:
+        call(child, funcs.call_parent_service, name, method, kwargs)
+    return str(info.value)
+
+
 def service_call(context, name, method, **kwargs):
     recv = context.call_service_async(name, method, **kwargs)
     return recv.get(timeout=REPLY_TIMEOUT).unpickle()
@@ -62,54 +70,44 @@ def test_method_receives_the_request_message(child, counter):
 
 
 def test_allow_parents_refuses_a_child_and_runs_nothing(child, counter):
-    with pytest.raises(mitogen.core.CallError) as info:
-        call(child, funcs.call_parent_service, COUNTER, 'parents_only',
-             {'value': 1})
+    error = parent_call_error(child, COUNTER, 'parents_only', {'value': 1})
     assert (mitogen.service.Invoker.unauthorized_msg % ('parents_only', COUNTER)
-            in str(info.value))
+            in error)
     assert counter.calls == []
 
 
 def test_method_without_policy_is_not_callable(child, counter):
-    with pytest.raises(mitogen.core.CallError) as info:
-        call(child, funcs.call_parent_service, COUNTER, 'not_exposed', {})
-    assert 'not authorized' in str(info.value)
+    error = parent_call_error(child, COUNTER, 'not_exposed', {})
+    assert 'not authorized' in error
     assert counter.calls == []
 
 
 def test_missing_method_is_refused_like_an_unexposed_one(child, counter):
-    with pytest.raises(mitogen.core.CallError) as info:
-        call(child, funcs.call_parent_service, COUNTER, 'no_such', {})
-    assert 'not authorized' in str(info.value)
+    error = parent_call_error(child, COUNTER, 'no_such', {})
+    assert 'not authorized' in error
 
 
 def test_arg_spec_refuses_wrong_type_before_running(child, counter):
-    with pytest.raises(mitogen.core.CallError) as info:
-        call(child, funcs.call_parent_service, COUNTER, 'anyone',
-             {'value': 'x'})
-    assert "argument 'value' type incorrect" in str(info.value)
+    error = parent_call_error(child, COUNTER, 'anyone', {'value': 'x'})
+    assert "argument 'value' type incorrect" in error
     assert counter.calls == []
 
 
 def test_arg_spec_refuses_missing_argument(child, counter):
-    with pytest.raises(mitogen.core.CallError) as info:
-        call(child, funcs.call_parent_service, COUNTER, 'anyone', {})
-    assert "argument 'value' is required" in str(info.value)
+    error = parent_call_error(child, COUNTER, 'anyone', {})
+    assert "argument 'value' is required" in error
 
 
 def test_exception_in_service_reaches_caller_as_call_error(child, counter):
-    with pytest.raises(mitogen.core.CallError) as info:
-        call(child, funcs.call_parent_service, COUNTER, 'fail', {})
-    assert 'ValueError' in str(info.value)
-    assert 'service failed on purpose' in str(info.value)
+    error = parent_call_error(child, COUNTER, 'fail', {})
+    assert 'ValueError' in error
+    assert 'service failed on purpose' in error
 
 
 def test_child_cannot_activate_a_service_in_the_master(child, pool):
-    with pytest.raises(mitogen.core.CallError) as info:
-        call(child, funcs.call_parent_service, COUNTER, 'anyone',
-             {'value': 1})
+    error = parent_call_error(child, COUNTER, 'anyone', {'value': 1})
     assert (mitogen.service.Activator.not_active_msg % (COUNTER,)
-            in str(info.value))
+            in error)
     with pytest.raises(mitogen.service.Error):
         pool.add(funcs.Counter(pool.router))  # still absent: add works once
         pool.add(funcs.Counter(pool.router))
@@ -303,10 +301,9 @@ def test_file_service_prefix_covers_subpaths_but_not_escapes(tmp_path, child,
 
 
 def test_child_cannot_register_paths(tmp_path, child, file_service):
-    with pytest.raises(mitogen.core.CallError) as info:
-        call(child, funcs.call_parent_service, 'mitogen.service.FileService',
-             'register', {'path': '/etc/shadow'})
-    assert 'not authorized' in str(info.value)
+    error = parent_call_error(child, 'mitogen.service.FileService',
+                              'register', {'path': '/etc/shadow'})
+    assert 'not authorized' in error
 
 
 def test_file_service_refuses_sender_of_another_context(tmp_path, router,

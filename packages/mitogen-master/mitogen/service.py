@@ -590,12 +590,18 @@ class Pool(object):
                                       invoker.service)
 
 
+def _have_pool():
+    # Call with _pool_lock held. A pool inherited through fork has no
+    # threads in this process.
+    return _pool is not None and not _pool.closed and _pool_pid == os.getpid()
+
+
 def _adopt(pool):
     # The first pool of a process, built by hand or not, is the one that
     # get_or_create_pool() and call() use.
     global _pool, _pool_pid
     with _pool_lock:
-        if _pool is None or _pool.closed or _pool_pid != os.getpid():
+        if not _have_pool():
             _pool = pool
             _pool_pid = os.getpid()
 
@@ -617,7 +623,7 @@ def get_or_create_pool(size=None, router=None, context=None):
     """
     global _pool, _pool_pid
     with _pool_lock:
-        if _pool is None or _pool.closed or _pool_pid != os.getpid():
+        if not _have_pool():
             if router is None and context is not None:
                 router = context.router
             if router is None:
@@ -653,6 +659,15 @@ def call(service_name, method_name, call_context=None, **kwargs):
     if isinstance(response, mitogen.core.CallError):
         raise response
     return None if response is Service.NO_REPLY else response
+
+
+def _call_no_reply(target, service_name, method_name, kwargs):
+    # A service call whose caller wants no reply (reply_to stays 0), so no
+    # receiver is opened for it. `kwargs` is a dict: services take
+    # arguments called `context`.
+    tup = (service_name, method_name, mitogen.core.Kwargs(kwargs))
+    target.send(mitogen.core.Message.pickled(
+        tup, handle=mitogen.core.CALL_SERVICE))
 
 
 # ---------------------------------------------------------------------------
@@ -724,11 +739,10 @@ class PushFileService(Service):
         else:
             kwargs = {'path': path, 'data': data, 'context': context}
             method = u'store_and_forward'
-        # No reply wanted: a failure is logged where it happens. Both go
-        # through this service's SerializedInvoker there, in order.
-        tup = (self.name(), method, mitogen.core.Kwargs(kwargs))
-        self.router.context_by_id(hop).send(
-            mitogen.core.Message.pickled(tup, handle=mitogen.core.CALL_SERVICE))
+        # A failure is logged where it happens. Both go through this
+        # service's SerializedInvoker there, in order.
+        _call_no_reply(self.router.context_by_id(hop), self.name(), method,
+                       kwargs)
 
     @expose(policy=AllowParents())
     @arg_spec({'path': mitogen.core.FsPathTypes,
@@ -1059,10 +1073,8 @@ class FileService(Service):
                 chunk = msg.unpickle()
                 out_fp.write(chunk)
                 received += len(chunk)
-                ack = (name, u'acknowledge',
-                       mitogen.core.Kwargs({'size': len(chunk)}))
-                context.send(mitogen.core.Message.pickled(
-                    ack, handle=mitogen.core.CALL_SERVICE))
+                _call_no_reply(context, name, u'acknowledge',
+                               {'size': len(chunk)})
         finally:
             recv.close()
         ok = received == metadata['size']
