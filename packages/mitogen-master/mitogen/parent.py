@@ -1178,14 +1178,14 @@ class Router(mitogen.core.Router):
         # Ancestors learn the context is gone only once its process is, so
         # shutdown(wait=True) from any of them means "nothing left running".
         conn = self._conns.pop(context_id, None)
-        if conn is not None and conn.proc is not None and conn.detached:
-            _reap_in_background(conn.proc)
-            conn = None
-        if conn is None or conn.proc is None:
+        proc = conn and conn.proc
+        if proc is not None and conn.detached:
+            _reap_in_background(proc)
+        if proc is None or conn.detached:
             self._reaped[context_id].put(None)
             self.propagate_del_route(context_id)
             return
-        reaper = Reaper(self.broker, conn.proc, self._reaped[context_id])
+        reaper = Reaper(self.broker, proc, self._reaped[context_id])
         reaper.on_done = lambda: self.propagate_del_route(context_id)
         reaper.start()
 
