@@ -559,11 +559,16 @@ def test_dump_to_logger_in_a_child_logs_through_the_master(child, caplog):
     ('from . import x', [(1, '', ('x',))]),
     ('from ..p.q import r', [(2, 'p.q', ('r',))]),
     ('from os import *', [(0, 'os', ('*',))]),
-    ('def f():\n    import inner\n', [(0, 'inner', ())]),
-    ('class C:\n    def m(self):\n        from x import y\n',
-     [(0, 'x', ('y',))]),
+    ('try:\n    import a\nexcept ImportError:\n    a = None\n',
+     [(0, 'a', ())]),
+    ('if x:\n    from p import q\nelse:\n    import r\n',
+     [(0, 'p', ('q',)), (0, 'r', ())]),
+    # Local scopes are left out, as Mitogen documents.
+    ('def f():\n    import inner\n', []),
+    ('class C:\n    import z\n    def m(self):\n        from x import y\n',
+     []),
     ('import a\ndef f():\n    import b\nimport c\n',
-     [(0, 'a', ()), (0, 'c', ()), (0, 'b', ())]),
+     [(0, 'a', ()), (0, 'c', ())]),
 ])
 def test_codeobj_imports(source, expected):
     co = compile(source, '<test>', 'exec')
@@ -597,7 +602,7 @@ def test_codeobj_imports_matches_ast_on_the_stdlib_of_every_python(
     files, imports, relative, mismatches = scan_result(
         import_scans, interpreter, 'stdlib')
     assert mismatches == []
-    assert files > 100 and imports > 1000 and relative > 10
+    assert files > 100 and imports > 1000 and relative > 5
 
 
 def test_codeobj_imports_gives_py2_implicit_level(contexts):

@@ -138,6 +138,13 @@ def _statically_false(test):
     return not test.n
 
 
+#: Nodes whose bodies run in a scope of their own: codeobj_imports() leaves
+#: their imports out.
+_LOCAL_SCOPES = tuple(getattr(ast, name) for name in (
+    'FunctionDef', 'AsyncFunctionDef', 'ClassDef', 'Lambda')
+    if hasattr(ast, name))
+
+
 def _ast_imports(tree, absolute):
     found = []
     todo = [tree]
@@ -153,7 +160,8 @@ def _ast_imports(tree, absolute):
             level = node.level or (0 if absolute else -1)
             found.append((level, node.module or '',
                           tuple(alias.name for alias in node.names)))
-        todo.extend(ast.iter_child_nodes(node))
+        todo.extend(child for child in ast.iter_child_nodes(node)
+                    if not isinstance(child, _LOCAL_SCOPES))
     return found
 
 
