@@ -289,6 +289,21 @@ def _in_fork(body):
     return b''.join(chunks)
 
 
+def test_forks_draw_different_openssl_random_bytes():
+    # on_fork() leaves OpenSSL 1.1.1+ to reseed itself after a fork: two
+    # forks and their parent must still draw different bytes.
+    ssl = pytest.importorskip('ssl')
+
+    def body():
+        mitogen.fork.on_fork()
+        return ssl.RAND_bytes(16)
+    ssl.RAND_bytes(16)
+    first = _in_fork(body)
+    second = _in_fork(body)
+    mine = ssl.RAND_bytes(16)
+    assert len(set([first, second, mine])) == 3
+
+
 def test_on_fork_in_a_fork_reseeds_random_and_replaces_locks():
     import mitogen.service
     state = random.getstate()

@@ -19,8 +19,9 @@ child context starts:
   is closed, so pipes and sockets of the forking process (its own children's
   streams among them) end when the forking process closes them.
 * The pseudo-random generators are reseeded (``random``, and OpenSSL's
-  through ``ssl.RAND_add()`` if ``ssl`` is loaded), so no two forks
-  share a random sequence with each other or with their parent.
+  through ``ssl.RAND_add()`` if ``ssl`` is loaded and older than 1.1.1,
+  which reseeds itself after a fork), so no two forks share a random
+  sequence with each other or with their parent.
 * The importer is shared: modules imported before the fork need no request,
   and in a forking child the new importer starts with everything the old
   one had fetched.
@@ -356,7 +357,8 @@ def on_fork():
     already).
 
     It reseeds the pseudo-random generators (``random``, and OpenSSL's if
-    ``ssl`` is loaded), discards the state latches share
+    ``ssl`` is loaded and older than 1.1.1, whose generator reseeds itself
+    in a forked child), discards the state latches share
     (:meth:`mitogen.core.Latch._on_fork`), and, in a process other than the
     one that last called it or imported this module, replaces module-level
     locks another thread may have held at the moment of the fork (those of
@@ -383,10 +385,18 @@ def _reset_locks():
         service._pool_lock = threading.RLock()
 
 
+#: OpenSSL reseeds its generator in a forked child by itself from 1.1.1 on.
+_OPENSSL_FORK_SAFE = (1, 1, 1)
+
+
 def _reseed_prngs():
     random.seed()
     ssl = sys.modules.get('ssl')
-    if ssl is not None and hasattr(ssl, 'RAND_add'):
+    # Adding entropy to an OpenSSL that reseeds itself after a fork only
+    # costs time: 1 to 5 ms of CPU in a fresh fork with OpenSSL 3, paid by
+    # every worker Mitogen for Ansible forks.
+    if (ssl is not None and hasattr(ssl, 'RAND_add') and
+            getattr(ssl, 'OPENSSL_VERSION_INFO', (0,)) < _OPENSSL_FORK_SAFE):
         ssl.RAND_add(os.urandom(32), 32.0)
 
 
