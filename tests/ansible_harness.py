@@ -649,8 +649,23 @@ def _lines(text):
             if line.strip() and not _SHARED_CONNECTION.match(line.strip())]
 
 
+#: Facts that list the machine's network interfaces and their addresses,
+#: which other programs add and remove at any time (network namespaces,
+#: veth pairs, containers): a run a minute later may see others.
+INTERFACE_FACTS = frozenset([
+    'ansible_interfaces', 'ansible_all_ipv4_addresses',
+    'ansible_all_ipv6_addresses',
+])
+
+
 def _normalise_facts(facts):
-    facts = {k: v for k, v in facts.items() if k not in VOLATILE_FACTS}
+    # Each interface has a fact of its own, named after it the way
+    # ansible.module_utils.facts.namespace names facts.
+    interfaces = frozenset('ansible_' + name.replace('-', '_')
+                           for name in facts.get('ansible_interfaces', ()))
+    facts = {k: v for k, v in facts.items()
+             if k not in VOLATILE_FACTS and k not in INTERFACE_FACTS
+             and k not in interfaces}
     for key, value in facts.items():
         # Interface and virtualisation lists come in directory order.
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
@@ -672,7 +687,8 @@ def _normalise_item(action, item):
 def normalise_result(action, result, replacements):
     """`result` of a task of `action` without what legitimately differs
     between two runs: :data:`VOLATILE_KEYS`, ``stat`` times and inodes,
-    :data:`VOLATILE_FACTS`, run-specific paths (`replacements`, then
+    :data:`VOLATILE_FACTS`, network interfaces (:data:`INTERFACE_FACTS`
+    and one fact per interface), run-specific paths (`replacements`, then
     temporary names), the terminal artefacts of :data:`TTY_ACTIONS`, and
     the lines root's login prints about pyenv; of an unreachable host,
     only ssh's own error lines; an empty ``data`` (async results of
