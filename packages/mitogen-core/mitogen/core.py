@@ -490,6 +490,20 @@ def control_body(msg, what, length):
     return body
 
 
+def is_module_name(name):
+    """True when `name` (text or bytes) is a dotted name of Python
+    identifiers no longer than :data:`MAX_NAME_LENGTH`: the only names a
+    module request may carry."""
+    if not isinstance(name, (UnicodeType, BytesType)) or \
+            not 0 < len(name) <= MAX_NAME_LENGTH:
+        return False
+    for part in to_text(name).split(u'.'):
+        if not part or part[0].isdigit() or \
+                not all(c.isalnum() or c == u'_' for c in part):
+            return False
+    return True
+
+
 def _unpickle_call_error(s, type_name=None, message=None, tb=None):
     _check_text('CallError text', s, MAX_CALL_ERROR_LENGTH)
     _check_text('CallError type name', type_name, MAX_NAME_LENGTH, True)
@@ -1228,14 +1242,16 @@ def _context_unpickler(router):
 
 
 def _sender_unpickler(router):
-    def _unpickle_sender(context_id, dst_handle):
+    def _unpickle_sender(context_id, dst_handle, window=None):
         _check_id('Sender context ID', context_id)
         _check_id('Sender handle', dst_handle, 1)
+        if window is not None:
+            _check_id('Sender window', window, 1)
         if router is None:
             ctx = Context(None, context_id)
         else:
             ctx = router.context_by_id(context_id, create=True)
-        return Sender(ctx, dst_handle)
+        return Sender(ctx, dst_handle, window)
     return _unpickle_sender
 
 
@@ -1243,7 +1259,7 @@ def _unpickle_context(context_id, name):
     raise TypeError('contexts are unpickled through a router')
 
 
-def _unpickle_sender(context_id, dst_handle):
+def _unpickle_sender(context_id, dst_handle, window=None):
     raise TypeError('senders are unpickled through a router')
 
 
@@ -1843,6 +1859,10 @@ class MitogenProtocol(Protocol):
             if msg is None:
                 return
             self.recv_count += 1
+            if msg.flags & ~FLAG_OOB:
+                self._router._refuse(msg, self.stream, 'unknown flags 0x%x'
+                                     % (msg.flags,))
+                continue
             if _io_debug():
                 IOLOG.debug('%r: received %r', self, msg)
             if self.auth_id is not None and msg.src_id == self.remote_id:
@@ -2319,16 +2339,31 @@ class Receiver(object):
         instead of hanging.
     :param policy: function `(msg, stream) -> bool` deciding whether to
         accept a message.
+    :param int window: opt into flow control: each sender may have at most
+        this many bytes of messages queued here that :meth:`get` has not
+        returned yet (a single larger message is let through when nothing
+        else is queued). Senders made by :meth:`to_sender` wait for room
+        before they send; a message from any other sender that would exceed
+        the window is dropped, and its sender told with a dead message when
+        it expects a reply. None (the default) queues without limit.
     """
     #: Called with the receiver after each message is queued.
     notify = None
     #: :meth:`get` raises :class:`ChannelError` on a dead message.
     raise_channelerror = True
+    #: The flow control window in bytes, or None; see the `window` argument.
+    window = None
 
     def __init__(self, router, handle=None, persist=True, respondent=None,
-                 policy=None, overwrite=False):
+                 policy=None, overwrite=False, window=None):
         self.router = router
         self._latch = Latch()
+        if window is not None:
+            self.window = window
+            self._flow_lock = threading.Lock()
+            # (src_id, credit handle) -> [bytes queued or not yet credited,
+            # bytes returned by get() and not yet credited]
+            self._flow = {}
         self.handle = router.add_handler(
             fn=self._on_receive, handle=handle, policy=policy,
             persist=persist, respondent=respondent, overwrite=overwrite,
@@ -2344,16 +2379,69 @@ class Receiver(object):
         self.close()
 
     def to_sender(self):
-        """Return a :class:`Sender` that sends to this receiver."""
-        return Sender(self.router.myself(), self.handle)
+        """Return a :class:`Sender` that sends to this receiver (and keeps
+        to its flow control window, if it has one)."""
+        return Sender(self.router.myself(), self.handle, window=self.window)
 
     def _on_receive(self, msg):
+        if self.window is not None and not msg.is_dead and \
+                not self._admit(msg):
+            return
         try:
             self._latch.put(msg)
         except LatchError:
             return
         if self.notify:
             self.notify(self)
+
+    # Flow control is credit based. A windowed Sender counts the bytes it
+    # sent and may send while that count stays within the window (or is
+    # zero); it marks each message with reply_to = the handle on which it
+    # receives credit. Once get() has returned half a window of a sender's
+    # bytes, or the queue is empty, those bytes are credited back to it. The
+    # receiver keeps the same count per sender, so an honest sender can
+    # never exceed it, and any message that would is refused here: what is
+    # queued stays bounded whoever sends.
+
+    def _admit(self, msg):
+        key = (msg.src_id, msg.reply_to)
+        size = msg.size
+        with self._flow_lock:
+            state = self._flow.setdefault(key, [0, 0])
+            if state[0] and state[0] + size > self.window:
+                refused = True
+            else:
+                state[0] += size
+                refused = False
+        if refused:
+            reason = ('flow control window of %d bytes of handle %d '
+                      'exceeded' % (self.window, self.handle))
+            self.router._refuse(msg, self.router.stream_by_id(msg.src_id),
+                                reason)
+            self.router._maybe_send_dead(msg, reason)
+        return not refused
+
+    def _consumed(self, msg):
+        key = (msg.src_id, msg.reply_to)
+        try:
+            drained = self._latch.empty()
+        except LatchError:
+            drained = True
+        with self._flow_lock:
+            state = self._flow.get(key)
+            if state is None:
+                return
+            state[1] += msg.size
+            credit = state[1]
+            if credit < self.window // 2 and not drained:
+                return
+            state[0] -= credit
+            state[1] = 0
+            if not state[0]:
+                del self._flow[key]
+        if msg.reply_to:
+            self.router.route(Message.pickled(credit, dst_id=msg.src_id,
+                                              handle=msg.reply_to))
 
     def close(self):
         """Unregister the handle and wake waiters with
@@ -2383,6 +2471,8 @@ class Receiver(object):
             msg = self._latch.get(timeout=timeout, block=block)
         except LatchError:
             raise ChannelError(ChannelError.local_msg)
+        if self.window is not None and not msg.is_dead:
+            self._consumed(msg)
         if msg.is_dead and throw_dead:
             msg.unpickle()
         return msg
@@ -2402,23 +2492,67 @@ class Sender(object):
     :class:`Receiver`'s sender can be passed to a remote function.
 
     :param Context context: destination context.
-    :param int dst_handle: destination handle."""
+    :param int dst_handle: destination handle.
+    :param int window: keep to the flow control window of a
+        :class:`Receiver` made with this `window`: :meth:`send` waits while
+        the receiver holds `window` bytes of this sender's messages that it
+        has not consumed. :meth:`Receiver.to_sender` sets it."""
 
-    def __init__(self, context, dst_handle):
+    #: The flow control window in bytes, or None.
+    window = None
+    _credit_recv = None
+
+    def __init__(self, context, dst_handle, window=None):
         self.context = context
         self.dst_handle = dst_handle
+        if window is not None:
+            self.window = window
+            self._flow_lock = threading.Lock()
+            self._outstanding = 0
 
     def send(self, data):
-        """Send `data` pickled."""
-        self.context.send(Message.pickled(data, handle=self.dst_handle))
+        """Send `data` pickled. With a window, first wait until the
+        receiver has room for it.
+
+        :raises ChannelError: when the receiver went away while this
+            sender waited for room."""
+        msg = Message.pickled(data, handle=self.dst_handle)
+        if self.window is None:
+            self.context.send(msg)
+            return
+        with self._flow_lock:
+            self._wait_for_room(msg)
+            self.context.send(msg)
+
+    def _wait_for_room(self, msg):
+        recv = self._credit_recv
+        if recv is None:
+            recv = self._credit_recv = Receiver(self.context.router,
+                                                respondent=self.context)
+        while True:
+            full = self._outstanding and \
+                self._outstanding + msg.size > self.window
+            try:
+                credit = recv.get(block=full).unpickle()
+            except TimeoutError:
+                break
+            if isinstance(credit, integer_types):
+                self._outstanding = max(0, self._outstanding - credit)
+        self._outstanding += msg.size
+        msg.reply_to = recv.handle
 
     def close(self):
         """Send a dead message so the receiving end sees the channel
         close."""
         self.context.send(Message.dead(handle=self.dst_handle,
                                        reason=ChannelError.remote_msg))
+        if self._credit_recv is not None:
+            self._credit_recv.close()
 
     def __reduce__(self):
+        if self.window is not None:
+            return _unpickle_sender, (self.context.context_id,
+                                      self.dst_handle, self.window)
         return _unpickle_sender, (self.context.context_id, self.dst_handle)
 
     def __repr__(self):
@@ -3160,7 +3294,10 @@ class Importer(object):
     def _on_load_module(self, msg):
         if msg.is_dead:
             return
-        tup = msg.unpickle()
+        tup = control_body(msg, 'LOAD_MODULE', 5)
+        if not is_module_name(tup[0]):
+            raise StreamError('refusing LOAD_MODULE of %r: not a module name'
+                              % (tup[0][:MAX_NAME_LENGTH],))
         fullname = to_native(tup[0])
         tup = (fullname,) + tuple(tup[1:])
         with self._lock:
@@ -3549,6 +3686,11 @@ class ExternalContext(object):
     :param dict config: values sent by the parent at boot.
     """
     detached = False
+    _parent_lost = False
+    #: Seconds code still running on the main thread is given to finish
+    #: once the parent was lost (rather than shut this context down), after
+    #: which the process ends itself: its results have nowhere to go.
+    lost_parent_grace = 0.25
 
     #: Called as ``on_start(econtext)`` once the context is set up, just
     #: before it starts serving calls (used by :mod:`mitogen.fork`).
@@ -3609,6 +3751,19 @@ class ExternalContext(object):
         if self.detached:
             LOG.debug('%r: detached from the parent', self)
             return
+        if not self.broker._shutdown_fired:
+            # Lost, not shut down: nobody above is left to serve or report
+            # to. Cut the streams to our children too, so the whole subtree
+            # learns at once instead of level by level, each after its own
+            # shutdown grace.
+            self._parent_lost = True
+            for stream in list(self.broker._streams):
+                protocol = stream.protocol
+                if isinstance(protocol, MitogenProtocol) and \
+                        not protocol.is_privileged:
+                    stream.on_disconnect(self.broker)
+            # The grace of user code runs from now, alongside the shutdown.
+            self._start_reaper()
         self.broker.shutdown()
 
     def detach(self):
@@ -3630,15 +3785,24 @@ class ExternalContext(object):
             self.broker.shutdown()
 
     def _on_broker_exit(self):
-        if not self.config.get('profiling'):
+        self._start_reaper()
+
+    _reaper_started = False
+
+    def _start_reaper(self):
+        if not self.config.get('profiling') and not self._reaper_started:
             # The last resort of shutdown: if the main thread is stuck in
             # user code, it cannot end the process, so the broker does.
+            self._reaper_started = True
             t = threading.Thread(target=self._reaper, name='mitogen.reaper')
             t.daemon = True
             t.start()
 
     def _reaper(self):
-        if self._main_done.wait(self.config.get('exit_grace', 2.0)):
+        grace = self.config.get('exit_grace', 2.0)
+        if self._parent_lost:
+            grace = min(grace, self.lost_parent_grace)
+        if self._main_done.wait(grace):
             return
         try:
             os.kill(os.getpid(), signal.SIGTERM)
