@@ -2445,11 +2445,20 @@ class Receiver(object):
 
     def close(self):
         """Unregister the handle and wake waiters with
-        :class:`ChannelError`."""
+        :class:`ChannelError`; senders waiting for room in the flow control
+        window get :class:`ChannelError` too."""
         if self.handle:
             self.router.del_handler(self.handle)
             self.handle = None
         self._latch.close()
+        if self.window is not None:
+            with self._flow_lock:
+                waiting, self._flow = list(self._flow), {}
+            for src_id, credit_handle in waiting:
+                if credit_handle:
+                    self.router.route(Message.dead(
+                        ChannelError.remote_msg, dst_id=src_id,
+                        handle=credit_handle))
         if self.notify:
             self.notify(self)
 
@@ -3009,6 +3018,11 @@ class Router(object):
             return
         out = self.stream_by_id(msg.dst_id)
         if out is None:
+            if in_stream is None and not (
+                    isinstance(msg.dst_id, integer_types) and
+                    0 <= msg.dst_id <= MAX_ID):
+                raise StreamError('cannot send %r: no context can have ID %r'
+                                  % (msg, msg.dst_id))
             self._maybe_send_dead(msg, 'no route to context %r from '
                                   'context %r', msg.dst_id, self.context_id)
             return
@@ -3296,8 +3310,13 @@ class Importer(object):
             return
         tup = control_body(msg, 'LOAD_MODULE', 5)
         if not is_module_name(tup[0]):
-            raise StreamError('refusing LOAD_MODULE of %r: not a module name'
-                              % (tup[0][:MAX_NAME_LENGTH],))
+            raise StreamError('refusing LOAD_MODULE of %s: not a module name'
+                              % (_short_repr(tup[0]),))
+        for value, types in ((tup[1], (list, tuple)), (tup[2], FsPathTypes),
+                             (tup[3], BytesType)):
+            if value is not None and not isinstance(value, types):
+                raise StreamError('refusing LOAD_MODULE of %s: malformed'
+                                  % (_short_repr(tup[0]),))
         fullname = to_native(tup[0])
         tup = (fullname,) + tuple(tup[1:])
         with self._lock:
