@@ -24,6 +24,7 @@ The long runs (10**6 fuzzed frames, 1 GiB through a flow controlled
 channel) run when ``MITOGEN_LONG_TESTS=1``; by default the same tests run a
 short seeded version.
 """
+import importlib
 import logging
 import os
 import signal
@@ -313,6 +314,17 @@ def test_receiver_without_window_keeps_mitogens_unbounded_queue(router):
     recv.close()
 
 
+def test_windowed_sender_works_from_every_interpreter(router, interpreter):
+    child = router.local(python_path=interpreter.path)
+    recv = mitogen.core.Receiver(router, window=256 * 1024)
+    result = child.call_async(hf.produce, recv.to_sender(), 4 * MiB,
+                              64 * 1024)
+    received = sum(len(msg.unpickle()) for msg in recv)
+    assert received == 4 * MiB
+    assert result.get(timeout=60).unpickle() > 0
+    assert not router.drop_counts
+
+
 #: Memory either process may grow by while FLOW_BYTES go through a channel
 #: with a 4 MiB window in 1 MiB messages: the window, the message being
 #: written or decoded on each side, and allocator slack.
@@ -406,9 +418,11 @@ def test_fuzzed_frames_run_nothing_and_leave_the_master_bounded(
     assert rss_mib() - before <= FUZZ_BOUND_MIB
     assert not tracebacks(caplog)
     # Per stream: drop_log_burst full lines and one summary per
-    # drop_log_interval, in the master and in the sibling (forwarded).
+    # drop_log_interval, in the master, and in the sibling and the hostile
+    # child for what the master passed on to them (their records are
+    # forwarded to the master's log).
     periods = 1 + elapsed / router.drop_log_interval
-    bound = 2 * periods * (router.drop_log_burst + 1) + 10
+    bound = 3 * periods * (router.drop_log_burst + 1) + 10
     assert len(loud_records(caplog)) <= bound
 
 
@@ -474,6 +488,16 @@ def test_malformed_control_messages_from_the_parent_are_refused_quietly(
     assert not tracebacks(caplog)
 
 
+def test_child_importing_an_invalid_module_name_is_told_it_is_absent(
+        router, caplog):
+    # The master answers without a search; the child accepts the answer
+    # (its name is no module name) instead of refusing it and waiting.
+    ctx = router.local(python_path=sys.executable)
+    with pytest.raises(mitogen.core.CallError, match='not-a-module'):
+        call(ctx, importlib.import_module, 'not-a-module')
+    assert not tracebacks(caplog)
+
+
 # ---------------------------------------------------------------------------
 # Teardown
 # ---------------------------------------------------------------------------
@@ -509,3 +533,4 @@ def test_master_broker_accepts_install_watcher_false():
     with mitogen.master.Router(broker=broker) as router:
         ctx = router.local(python_path=sys.executable)
         assert call(ctx, os.getpid) > 0
+

@@ -3309,9 +3309,9 @@ class Importer(object):
         if msg.is_dead:
             return
         tup = control_body(msg, 'LOAD_MODULE', 5)
-        if not is_module_name(tup[0]):
-            raise StreamError('refusing LOAD_MODULE of %s: not a module name'
-                              % (_short_repr(tup[0]),))
+        # Any name our importer may have asked for, valid or not, so that
+        # the answer "absent" wakes whoever waits for it.
+        _check_text('LOAD_MODULE name', tup[0], MAX_NAME_LENGTH)
         for value, types in ((tup[1], (list, tuple)), (tup[2], FsPathTypes),
                              (tup[3], BytesType)):
             if value is not None and not isinstance(value, types):
