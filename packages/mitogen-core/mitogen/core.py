@@ -161,6 +161,20 @@ CHUNK_SIZE = 262144
 #: Default largest message accepted or sent, in bytes.
 DEFAULT_MAX_MESSAGE_SIZE = 128 * 1048576
 
+# Bounds of values received in messages: a value outside them refuses the
+# message with StreamError before anything uses it.
+
+#: Largest context ID and handle: the header carries them as 32-bit
+#: unsigned integers.
+MAX_ID = 0xffffffff
+#: Longest context name accepted, in characters; names of proxied contexts
+#: join the names of every hop, so this leaves room for long chains.
+MAX_NAME_LENGTH = 4096
+#: Longest :class:`CallError` text accepted, in characters. A longer error
+#: is shortened by its sender (keeping its beginning and the end of its
+#: traceback), so an honest error always arrives.
+MAX_CALL_ERROR_LENGTH = 262144
+
 _DEAD = 'dead'
 
 LOG = logging.getLogger('mitogen')
@@ -430,14 +444,71 @@ class CallError(Error):
 
     def __reduce__(self):
         return (_unpickle_call_error, (
-            to_text(self.args[0]) if self.args else u'',
-            self.type_name, self.remote_message, self.remote_traceback,
+            _clip(to_text(self.args[0]) if self.args else u''),
+            _clip(self.type_name, MAX_NAME_LENGTH),
+            _clip(self.remote_message), _clip(self.remote_traceback),
         ))
 
 
+def _clip(s, limit=MAX_CALL_ERROR_LENGTH):
+    # Keep the head (type and message) and the tail (the innermost frames of
+    # a traceback), which say the most about an error.
+    if s is None or len(s) <= limit:
+        return s
+    marker = u'\n[... %d characters cut ...]\n' % (len(s) - limit + 40,)
+    keep = (limit - 40) // 2
+    return to_text(s[:keep]) + marker + to_text(s[-keep:])
+
+
+def _check_text(what, s, limit, optional=False):
+    if s is None and optional:
+        return
+    if not isinstance(s, (UnicodeType, BytesType)):
+        raise StreamError('refusing %s: %s is not a string'
+                          % (what, type(s).__name__))
+    if len(s) > limit:
+        raise StreamError('refusing %s: %d characters, more than the %d '
+                          'allowed' % (what, len(s), limit))
+
+
+def _check_id(what, value, low=0):
+    if not isinstance(value, integer_types) or isinstance(value, bool) or \
+            not low <= value <= MAX_ID:
+        raise StreamError('refusing %s %r: not an integer in %d..%d'
+                          % (what, value, low, MAX_ID))
+
+
+def control_body(msg, what, length):
+    """Return the body of control message `msg` (called `what` in errors):
+    a tuple of `length` items.
+
+    :raises StreamError: when the body is not such a tuple."""
+    body = msg.unpickle()
+    if not isinstance(body, (tuple, list)) or len(body) != length:
+        raise StreamError('refusing %s: the body is not a tuple of %d items'
+                          % (what, length))
+    return body
+
+
+def is_module_name(name):
+    """True when `name` (text or bytes) is a dotted name of Python
+    identifiers no longer than :data:`MAX_NAME_LENGTH`: the only names a
+    module request may carry."""
+    if not isinstance(name, (UnicodeType, BytesType)) or \
+            not 0 < len(name) <= MAX_NAME_LENGTH:
+        return False
+    for part in to_text(name).split(u'.'):
+        if not part or part[0].isdigit() or \
+                not all(c.isalnum() or c == u'_' for c in part):
+            return False
+    return True
+
+
 def _unpickle_call_error(s, type_name=None, message=None, tb=None):
-    if not isinstance(s, (UnicodeType, BytesType)) or len(s) > 10485760:
-        raise TypeError('cannot unpickle CallError: bad input')
+    _check_text('CallError text', s, MAX_CALL_ERROR_LENGTH)
+    _check_text('CallError type name', type_name, MAX_NAME_LENGTH, True)
+    _check_text('CallError message', message, MAX_CALL_ERROR_LENGTH, True)
+    _check_text('CallError traceback', tb, MAX_CALL_ERROR_LENGTH, True)
     e = CallError(to_text(s) if PY3 else s)
     # A Python 2 sender's native strings arrive as bytes on Python 3.
     e.type_name = to_native(type_name) if type_name is not None else None
@@ -663,10 +734,18 @@ class Message(object):
         return obj
 
     def encode(self):
-        """Return the message as a list of byte strings to write in order."""
-        hdr = _header.pack(HEADER_MAGIC, self.flags, self.dst_id,
-                           self.src_id, self.auth_id, self.handle,
-                           self.reply_to or 0, 0, self.size)
+        """Return the message as a list of byte strings to write in order.
+
+        :raises StreamError: when a header field does not fit the header:
+            an ID or handle that is not an integer up to :data:`MAX_ID`."""
+        try:
+            hdr = _header.pack(HEADER_MAGIC, self.flags, self.dst_id,
+                               self.src_id, self.auth_id, self.handle,
+                               self.reply_to or 0, 0, self.size)
+        except struct.error:
+            raise StreamError(
+                'cannot send %r: dst_id, src_id, auth_id, handle and '
+                'reply_to must be integers in 0..%d' % (self, MAX_ID))
         if self._parts is not None:
             parts = self._parts
             if len(parts[0]) < _JOIN_LIMIT:
@@ -682,40 +761,44 @@ class FrameDecoder(object):
     """Sans-I/O decoder: bytes in through :meth:`feed`, messages out through
     :meth:`next_message`.
 
-    It owns no file descriptor and no thread. The body of a large message is
-    collected into one preallocated buffer once its header has been
-    validated, so a 32 MiB message costs one allocation, not a chain of
-    concatenations.
+    It owns no file descriptor and no thread.
 
     :param int max_message_size: largest body accepted; a header announcing
         more raises :class:`ProtocolError` before anything is allocated.
     """
+    # Memory is spent on what arrives, never on what a header claims: the
+    # body of a message collects into a buffer that grows as its bytes come
+    # in. A peer that sends a header announcing max_message_size and then
+    # stalls costs us the bytes it really sent (plus the buffer's
+    # over-allocation, at most 1/8 of them), not max_message_size; growing
+    # by appending costs no more than filling a preallocated buffer, because
+    # large buffers are grown in place (realloc) rather than copied.
 
     def __init__(self, max_message_size=DEFAULT_MAX_MESSAGE_SIZE):
         self.max_message_size = max_message_size
         self._buf = bytearray()
         self._msg = None      # header decoded, body pending
-        self._body = None     # preallocated body buffer
-        self._have = 0        # bytes of body collected
+        self._body = None     # body collected so far, for a split body
+        self._need = 0        # body length announced by the header
 
     def feed(self, data):
         """Add received bytes."""
-        if self._msg is not None and self._body is not None:
-            need = len(self._body) - self._have
+        body = self._body
+        if body is not None:
+            need = self._need - len(body)
             if len(data) <= need:
-                self._body[self._have:self._have + len(data)] = data
-                self._have += len(data)
+                body += data
                 return
-            self._body[self._have:] = data[:need]
-            self._have += need
-            data = data[need:]
+            body += memoryview(data)[:need]
+            data = memoryview(data)[need:]
         self._buf += data
 
     @property
     def pending(self):
         """Number of bytes received but not yet returned as a message."""
         header = HEADER_LEN if self._msg is not None else 0
-        return header + len(self._buf) + self._have
+        body = len(self._body) if self._body is not None else 0
+        return header + len(self._buf) + body
 
     def next_message(self):
         """Return the next complete :class:`Message`, or None when more data
@@ -740,27 +823,22 @@ class FrameDecoder(object):
             msg.handle, msg.reply_to, msg.flags = handle, reply_to, flags
             del self._buf[:HEADER_LEN]
             self._msg = msg
+            self._need = length
             if length > len(self._buf):
-                self._body = bytearray(length)
-                have = len(self._buf)
-                self._body[:have] = self._buf
-                self._have = have
+                self._body = self._buf
                 self._buf = bytearray()
-            else:
-                self._body = None
-                self._need = length
         msg = self._msg
-        if self._body is not None:
-            if self._have < len(self._body):
+        body = self._body
+        if body is not None:
+            if len(body) < self._need:
                 return None
-            if msg.flags & FLAG_OOB and len(self._body) >= _JOIN_LIMIT:
+            if msg.flags & FLAG_OOB and len(body) >= _JOIN_LIMIT:
                 # Only deserialize() reads these bodies: it accepts the
                 # buffer as is, which saves copying the whole body.
-                msg.data = self._body
+                msg.data = body
             else:
-                msg.data = bytes(self._body)
+                msg.data = bytes(body)
             self._body = None
-            self._have = 0
         else:
             msg.data = bytes(self._buf[:self._need])
             del self._buf[:self._need]
@@ -1073,9 +1151,9 @@ def deserialize(flags, data, router=None):
                 return _context_unpickler(router)
             if name == '_unpickle_sender':
                 return _sender_unpickler(router)
-            if name in ('CallError', 'Blob', 'Secret', 'Kwargs',
-                        '_unpickle_call_error'):
-                return globals()[name]
+            obj = _CHECKED_CONSTRUCTORS.get(name)
+            if obj is not None:
+                return obj
         if router is not None:
             obj = router._resolve_registered_type(module, name)
             if obj is not None:
@@ -1111,13 +1189,51 @@ def deserialize(flags, data, router=None):
                           % (type(e).__name__, e))
 
 
+def _checked_call_error(*args):
+    # CallError pickled as a plain exception (its class and arguments).
+    if len(args) > 1:
+        raise StreamError('refusing CallError of %d arguments' % (len(args),))
+    return _unpickle_call_error(*(args or (u'',)))
+
+
+def _checked_blob(s=b''):
+    # Blob(n) would allocate n bytes from a pickle of a few.
+    if not isinstance(s, BytesType):
+        raise StreamError('refusing Blob of %s' % (type(s).__name__,))
+    return Blob(s)
+
+
+def _checked_secret(s=u''):
+    if isinstance(s, BytesType):
+        s = s.decode('utf-8')
+    if not isinstance(s, UnicodeType):
+        raise StreamError('refusing Secret of %s' % (type(s).__name__,))
+    return Secret(s)
+
+
+def _checked_kwargs(dct=None):
+    if dct is None:
+        dct = {}
+    if not isinstance(dct, dict):
+        raise StreamError('refusing Kwargs of %s' % (type(dct).__name__,))
+    return Kwargs(dct)
+
+
+# What the unpickler gives for the mitogen.core names that pickles of our
+# value types refer to: constructors that check their arguments first.
+_CHECKED_CONSTRUCTORS = {
+    'CallError': _checked_call_error,
+    '_unpickle_call_error': _unpickle_call_error,
+    'Blob': _checked_blob,
+    'Secret': _checked_secret,
+    'Kwargs': _checked_kwargs,
+}
+
+
 def _context_unpickler(router):
-    def _unpickle_context(context_id, name):
-        if not (isinstance(context_id, integer_types) and context_id >= 0):
-            raise TypeError('bad context_id')
-        if name is not None and not isinstance(name, (UnicodeType,
-                                                       BytesType)):
-            raise TypeError('bad context name')
+    def _unpickle_context(context_id, name=None):
+        _check_id('context ID', context_id)
+        _check_text('context name', name, MAX_NAME_LENGTH, True)
         if router is None:
             return Context(None, context_id, to_text(name) if name else None)
         return router.context_by_id(context_id, create=True,
@@ -1126,15 +1242,16 @@ def _context_unpickler(router):
 
 
 def _sender_unpickler(router):
-    def _unpickle_sender(context_id, dst_handle):
-        if not (isinstance(context_id, integer_types) and
-                isinstance(dst_handle, integer_types)):
-            raise TypeError('bad Sender')
+    def _unpickle_sender(context_id, dst_handle, window=None):
+        _check_id('Sender context ID', context_id)
+        _check_id('Sender handle', dst_handle, 1)
+        if window is not None:
+            _check_id('Sender window', window, 1)
         if router is None:
             ctx = Context(None, context_id)
         else:
             ctx = router.context_by_id(context_id, create=True)
-        return Sender(ctx, dst_handle)
+        return Sender(ctx, dst_handle, window)
     return _unpickle_sender
 
 
@@ -1142,7 +1259,7 @@ def _unpickle_context(context_id, name):
     raise TypeError('contexts are unpickled through a router')
 
 
-def _unpickle_sender(context_id, dst_handle):
+def _unpickle_sender(context_id, dst_handle, window=None):
     raise TypeError('senders are unpickled through a router')
 
 
@@ -1742,6 +1859,10 @@ class MitogenProtocol(Protocol):
             if msg is None:
                 return
             self.recv_count += 1
+            if msg.flags & ~FLAG_OOB:
+                self._router._refuse(msg, self.stream, 'unknown flags 0x%x'
+                                     % (msg.flags,))
+                continue
             if _io_debug():
                 IOLOG.debug('%r: received %r', self, msg)
             if self.auth_id is not None and msg.src_id == self.remote_id:
@@ -2218,16 +2339,31 @@ class Receiver(object):
         instead of hanging.
     :param policy: function `(msg, stream) -> bool` deciding whether to
         accept a message.
+    :param int window: opt into flow control: each sender may have at most
+        this many bytes of messages queued here that :meth:`get` has not
+        returned yet (a single larger message is let through when nothing
+        else is queued). Senders made by :meth:`to_sender` wait for room
+        before they send; a message from any other sender that would exceed
+        the window is dropped, and its sender told with a dead message when
+        it expects a reply. None (the default) queues without limit.
     """
     #: Called with the receiver after each message is queued.
     notify = None
     #: :meth:`get` raises :class:`ChannelError` on a dead message.
     raise_channelerror = True
+    #: The flow control window in bytes, or None; see the `window` argument.
+    window = None
 
     def __init__(self, router, handle=None, persist=True, respondent=None,
-                 policy=None, overwrite=False):
+                 policy=None, overwrite=False, window=None):
         self.router = router
         self._latch = Latch()
+        if window is not None:
+            self.window = window
+            self._flow_lock = threading.Lock()
+            # (src_id, credit handle) -> [bytes queued or not yet credited,
+            # bytes returned by get() and not yet credited]
+            self._flow = {}
         self.handle = router.add_handler(
             fn=self._on_receive, handle=handle, policy=policy,
             persist=persist, respondent=respondent, overwrite=overwrite,
@@ -2243,10 +2379,14 @@ class Receiver(object):
         self.close()
 
     def to_sender(self):
-        """Return a :class:`Sender` that sends to this receiver."""
-        return Sender(self.router.myself(), self.handle)
+        """Return a :class:`Sender` that sends to this receiver (and keeps
+        to its flow control window, if it has one)."""
+        return Sender(self.router.myself(), self.handle, window=self.window)
 
     def _on_receive(self, msg):
+        if self.window is not None and not msg.is_dead and \
+                not self._admit(msg):
+            return
         try:
             self._latch.put(msg)
         except LatchError:
@@ -2254,13 +2394,71 @@ class Receiver(object):
         if self.notify:
             self.notify(self)
 
+    # Flow control is credit based. A windowed Sender counts the bytes it
+    # sent and may send while that count stays within the window (or is
+    # zero); it marks each message with reply_to = the handle on which it
+    # receives credit. Once get() has returned half a window of a sender's
+    # bytes, or the queue is empty, those bytes are credited back to it. The
+    # receiver keeps the same count per sender, so an honest sender can
+    # never exceed it, and any message that would is refused here: what is
+    # queued stays bounded whoever sends.
+
+    def _admit(self, msg):
+        key = (msg.src_id, msg.reply_to)
+        size = msg.size
+        with self._flow_lock:
+            state = self._flow.setdefault(key, [0, 0])
+            if state[0] and state[0] + size > self.window:
+                refused = True
+            else:
+                state[0] += size
+                refused = False
+        if refused:
+            reason = ('flow control window of %d bytes of handle %d '
+                      'exceeded' % (self.window, self.handle))
+            self.router._refuse(msg, self.router.stream_by_id(msg.src_id),
+                                reason)
+            self.router._maybe_send_dead(msg, reason)
+        return not refused
+
+    def _consumed(self, msg):
+        key = (msg.src_id, msg.reply_to)
+        try:
+            drained = self._latch.empty()
+        except LatchError:
+            drained = True
+        with self._flow_lock:
+            state = self._flow.get(key)
+            if state is None:
+                return
+            state[1] += msg.size
+            credit = state[1]
+            if credit < self.window // 2 and not drained:
+                return
+            state[0] -= credit
+            state[1] = 0
+            if not state[0]:
+                del self._flow[key]
+        if msg.reply_to:
+            self.router.route(Message.pickled(credit, dst_id=msg.src_id,
+                                              handle=msg.reply_to))
+
     def close(self):
         """Unregister the handle and wake waiters with
-        :class:`ChannelError`."""
+        :class:`ChannelError`; senders waiting for room in the flow control
+        window get :class:`ChannelError` too."""
         if self.handle:
             self.router.del_handler(self.handle)
             self.handle = None
         self._latch.close()
+        if self.window is not None:
+            with self._flow_lock:
+                waiting, self._flow = list(self._flow), {}
+            for src_id, credit_handle in waiting:
+                if credit_handle:
+                    self.router.route(Message.dead(
+                        ChannelError.remote_msg, dst_id=src_id,
+                        handle=credit_handle))
         if self.notify:
             self.notify(self)
 
@@ -2282,6 +2480,8 @@ class Receiver(object):
             msg = self._latch.get(timeout=timeout, block=block)
         except LatchError:
             raise ChannelError(ChannelError.local_msg)
+        if self.window is not None and not msg.is_dead:
+            self._consumed(msg)
         if msg.is_dead and throw_dead:
             msg.unpickle()
         return msg
@@ -2301,23 +2501,67 @@ class Sender(object):
     :class:`Receiver`'s sender can be passed to a remote function.
 
     :param Context context: destination context.
-    :param int dst_handle: destination handle."""
+    :param int dst_handle: destination handle.
+    :param int window: keep to the flow control window of a
+        :class:`Receiver` made with this `window`: :meth:`send` waits while
+        the receiver holds `window` bytes of this sender's messages that it
+        has not consumed. :meth:`Receiver.to_sender` sets it."""
 
-    def __init__(self, context, dst_handle):
+    #: The flow control window in bytes, or None.
+    window = None
+    _credit_recv = None
+
+    def __init__(self, context, dst_handle, window=None):
         self.context = context
         self.dst_handle = dst_handle
+        if window is not None:
+            self.window = window
+            self._flow_lock = threading.Lock()
+            self._outstanding = 0
 
     def send(self, data):
-        """Send `data` pickled."""
-        self.context.send(Message.pickled(data, handle=self.dst_handle))
+        """Send `data` pickled. With a window, first wait until the
+        receiver has room for it.
+
+        :raises ChannelError: when the receiver went away while this
+            sender waited for room."""
+        msg = Message.pickled(data, handle=self.dst_handle)
+        if self.window is None:
+            self.context.send(msg)
+            return
+        with self._flow_lock:
+            self._wait_for_room(msg)
+            self.context.send(msg)
+
+    def _wait_for_room(self, msg):
+        recv = self._credit_recv
+        if recv is None:
+            recv = self._credit_recv = Receiver(self.context.router,
+                                                respondent=self.context)
+        while True:
+            full = self._outstanding and \
+                self._outstanding + msg.size > self.window
+            try:
+                credit = recv.get(block=full).unpickle()
+            except TimeoutError:
+                break
+            if isinstance(credit, integer_types):
+                self._outstanding = max(0, self._outstanding - credit)
+        self._outstanding += msg.size
+        msg.reply_to = recv.handle
 
     def close(self):
         """Send a dead message so the receiving end sees the channel
         close."""
         self.context.send(Message.dead(handle=self.dst_handle,
                                        reason=ChannelError.remote_msg))
+        if self._credit_recv is not None:
+            self._credit_recv.close()
 
     def __reduce__(self):
+        if self.window is not None:
+            return _unpickle_sender, (self.context.context_id,
+                                      self.dst_handle, self.window)
         return _unpickle_sender, (self.context.context_id, self.dst_handle)
 
     def __repr__(self):
@@ -2364,10 +2608,22 @@ class Router(object):
     service_stub_recv = None
     #: When true, messages between two child streams are refused.
     unidirectional = False
+    #: Dropped messages logged in full per stream and per
+    #: :attr:`drop_log_interval`; the others are counted and summarised.
+    drop_log_burst = 10
+    #: Seconds between the summaries of dropped messages not logged in full.
+    drop_log_interval = 10.0
 
     def __init__(self, broker):
         self.broker = broker
         listen(broker, 'exit', self._on_broker_exit)
+        #: Messages this router refused (dropped) since it started, by the
+        #: ID of the context at the other end of the stream each arrived on
+        #: (None for messages written in this process).
+        self.drop_counts = {}
+        self._drop_lock = threading.Lock()
+        self._drop_windows = {}
+        self._drop_summary_due = False
         self._setup_logging()
         self._handle_map = {}
         self._handles_by_respondent = {}
@@ -2488,10 +2744,58 @@ class Router(object):
         if stream is None or stream.protocol.is_privileged or \
                 stream.protocol.remote_id != msg.src_id or \
                 msg.auth_id not in (msg.src_id, stream.protocol.auth_id):
-            LOG.error('%r: ignored %r: routes are only accepted from an '
-                      'immediate child', self, msg)
+            self._refuse(msg, stream, 'routes are only accepted from an '
+                         'immediate child')
             return False
         return True
+
+    # A peer can send us any number of messages that must be dropped. Each
+    # is counted (drop_counts), but only the first drop_log_burst of a
+    # stream are logged in full in each drop_log_interval; the rest of the
+    # interval's drops are reported in one summary line per stream, so a
+    # hostile child cannot flood the master's log.
+
+    def _refuse(self, msg, stream, reason, *args):
+        """Count `msg`, which arrived on `stream` (None: written here), as
+        dropped, and log why (`reason % args`) within the rate limit."""
+        if args:
+            reason %= args
+        key = getattr(getattr(stream, 'protocol', None), 'remote_id', None)
+        t = now()
+        with self._drop_lock:
+            self.drop_counts[key] = self.drop_counts.get(key, 0) + 1
+            window = self._drop_windows.get(key)
+            if window is None or (not window[2] and
+                                  t - window[0] >= self.drop_log_interval):
+                window = self._drop_windows[key] = [t, 0, 0, None]
+            full = window[1] < self.drop_log_burst
+            if full:
+                window[1] += 1
+            else:
+                window[2] += 1
+                window[3] = reason
+                schedule = not self._drop_summary_due
+                self._drop_summary_due = True
+        if full:
+            LOG.error('%r: dropped %r: %s', self, msg, reason)
+        elif schedule:
+            try:
+                self.broker.defer(self.broker.timers.schedule,
+                                  self.drop_log_interval,
+                                  self._summarise_drops)
+            except Error:
+                pass  # the broker has exited and summarised already
+
+    def _summarise_drops(self):
+        with self._drop_lock:
+            windows, self._drop_windows = self._drop_windows, {}
+            self._drop_summary_due = False
+        for key, (start, logged, suppressed, reason) in windows.items():
+            if suppressed:
+                LOG.error('%r: dropped %d more messages from context %s in '
+                          'the last %.0f s (%d in all); the last because: %s',
+                          self, suppressed, key, now() - start,
+                          self.drop_counts.get(key, 0), reason)
 
     def _may_route(self, target_id, stream):
         """True when `stream` may become the route to `target_id`."""
@@ -2507,14 +2811,12 @@ class Router(object):
         if msg.is_dead:
             return
         stream = self._stream_by_id.get(msg.src_id)
-        try:
-            target_id, name = msg.unpickle()
-        except (StreamError, TypeError, ValueError):
-            LOG.error('%r: bad ADD_ROUTE %r', self, msg)
-            return
+        target_id, name = control_body(msg, 'ADD_ROUTE', 2)
+        _check_id('ADD_ROUTE context ID', target_id)
+        _check_text('ADD_ROUTE context name', name, MAX_NAME_LENGTH, True)
         if not self._may_route(target_id, stream):
-            LOG.error('%r: refused ADD_ROUTE for %r from %r', self,
-                      target_id, stream)
+            self._refuse(msg, stream, 'refused ADD_ROUTE for %r from %r',
+                         target_id, stream)
             return
         owner_of = getattr(self, '_route_owner', None)
         if owner_of is not None:
@@ -2522,9 +2824,9 @@ class Router(object):
             # must come from the subtree holding that context.
             owner = owner_of(target_id)
             if not owner or self._stream_by_id.get(owner) is not stream:
-                LOG.error('%r: refused ADD_ROUTE for %r from %r: that ID was '
-                          'not allocated to its subtree', self, target_id,
-                          stream)
+                self._refuse(msg, stream, 'refused ADD_ROUTE for %r from %r: '
+                             'that ID was not allocated to its subtree',
+                             target_id, stream)
                 return
         parent = self._context_by_id.get(msg.src_id)
         if name is not None and parent is not None and parent.name:
@@ -2558,17 +2860,14 @@ class Router(object):
     def _on_del_route(self, msg):
         if msg.is_dead:
             return
-        try:
-            target_id = msg.unpickle()
-        except StreamError:
-            return
+        target_id = msg.unpickle()
+        _check_id('DEL_ROUTE context ID', target_id)
         stream = self._stream_by_id.get(msg.src_id)
         if stream is not None and stream is self.parent_stream:
             # From the parent: a context we reach through it is gone.
             pkg = _package_module()
             ancestors = pkg.parent_ids if pkg is not None else []
-            if not isinstance(target_id, integer_types) or \
-                    target_id == self.context_id or target_id in ancestors or \
+            if target_id == self.context_id or target_id in ancestors or \
                     self.stream_by_id(target_id) is not stream:
                 return
             ctx = self._context_by_id.get(target_id)
@@ -2636,6 +2935,7 @@ class Router(object):
                 handles.discard(handle)
 
     def _on_broker_exit(self):
+        self._summarise_drops()
         # Fail every waiter: nothing will be delivered after this.
         for handle in list(self._handle_map):
             entry = self._handle_map.pop(handle, None)
@@ -2666,7 +2966,8 @@ class Router(object):
             return
         persist, fn, policy, respondent = entry
         if policy and not policy(msg, stream):
-            LOG.warning('%r: policy refused message: %r', self, msg)
+            self._refuse(msg, stream, 'refused by the policy of handle %r',
+                         msg.handle)
             self._maybe_send_dead(msg, 'refused by policy of context %r',
                                   self.context_id)
             return
@@ -2675,6 +2976,9 @@ class Router(object):
         msg.router = self
         try:
             fn(msg)
+        except StreamError as e:
+            # The body did not deserialize, or held a value out of range.
+            self._refuse(msg, stream, 'malformed body: %s', e)
         except Exception:
             LOG.exception('%r: handler %r for %r failed', self, fn, msg)
 
@@ -2689,16 +2993,15 @@ class Router(object):
             return True
         expect = self.stream_by_id(msg.auth_id)
         if in_stream is not expect:
-            LOG.error('%r: dropped %r: it arrived on %r but auth_id %r is '
-                      'reached through %r', self, msg, in_stream,
-                      msg.auth_id, expect)
+            self._refuse(msg, in_stream, 'it arrived on %r but auth_id %r is '
+                         'reached through %r', in_stream, msg.auth_id, expect)
             return False
         if msg.src_id != msg.auth_id:
             expect = self.stream_by_id(msg.src_id)
             if in_stream is not expect:
-                LOG.error('%r: dropped %r: it arrived on %r but src_id %r '
-                          'is reached through %r', self, msg, in_stream,
-                          msg.src_id, expect)
+                self._refuse(msg, in_stream, 'it arrived on %r but src_id %r '
+                             'is reached through %r', in_stream, msg.src_id,
+                             expect)
                 return False
         return True
 
@@ -2715,12 +3018,17 @@ class Router(object):
             return
         out = self.stream_by_id(msg.dst_id)
         if out is None:
+            if in_stream is None and not (
+                    isinstance(msg.dst_id, integer_types) and
+                    0 <= msg.dst_id <= MAX_ID):
+                raise StreamError('cannot send %r: no context can have ID %r'
+                                  % (msg, msg.dst_id))
             self._maybe_send_dead(msg, 'no route to context %r from '
                                   'context %r', msg.dst_id, self.context_id)
             return
         if out is in_stream:
-            LOG.error('%r: dropped %r: would be sent back where it came '
-                      'from', self, msg)
+            self._refuse(msg, in_stream, 'would be sent back where it came '
+                         'from')
             # E.g. a route the sender's side still holds for a context gone
             # here: its caller fails now, not when it gives up waiting.
             self._maybe_send_dead(msg, 'no route to context %r from '
@@ -2731,8 +3039,8 @@ class Router(object):
         if (self.unidirectional and in_stream is not None and
                 not in_stream.protocol.is_privileged and
                 not out.protocol.is_privileged):
-            LOG.error('%r: dropped %r: unidirectional routing forbids '
-                      'messages between children', self, msg)
+            self._refuse(msg, in_stream, 'unidirectional routing forbids '
+                         'messages between children')
             self._maybe_send_dead(msg, 'unidirectional routing forbids '
                                   'messages between children of context %r',
                                   self.context_id)
@@ -3000,7 +3308,15 @@ class Importer(object):
     def _on_load_module(self, msg):
         if msg.is_dead:
             return
-        tup = msg.unpickle()
+        tup = control_body(msg, 'LOAD_MODULE', 5)
+        # Any name our importer may have asked for, valid or not, so that
+        # the answer "absent" wakes whoever waits for it.
+        _check_text('LOAD_MODULE name', tup[0], MAX_NAME_LENGTH)
+        for value, types in ((tup[1], (list, tuple)), (tup[2], FsPathTypes),
+                             (tup[3], BytesType)):
+            if value is not None and not isinstance(value, types):
+                raise StreamError('refusing LOAD_MODULE of %s: malformed'
+                                  % (_short_repr(tup[0]),))
         fullname = to_native(tup[0])
         tup = (fullname,) + tuple(tup[1:])
         with self._lock:
@@ -3389,6 +3705,11 @@ class ExternalContext(object):
     :param dict config: values sent by the parent at boot.
     """
     detached = False
+    _parent_lost = False
+    #: Seconds code still running on the main thread is given to finish
+    #: once the parent was lost (rather than shut this context down), after
+    #: which the process ends itself: its results have nowhere to go.
+    lost_parent_grace = 0.25
 
     #: Called as ``on_start(econtext)`` once the context is set up, just
     #: before it starts serving calls (used by :mod:`mitogen.fork`).
@@ -3449,6 +3770,19 @@ class ExternalContext(object):
         if self.detached:
             LOG.debug('%r: detached from the parent', self)
             return
+        if not self.broker._shutdown_fired:
+            # Lost, not shut down: nobody above is left to serve or report
+            # to. Cut the streams to our children too, so the whole subtree
+            # learns at once instead of level by level, each after its own
+            # shutdown grace.
+            self._parent_lost = True
+            for stream in list(self.broker._streams):
+                protocol = stream.protocol
+                if isinstance(protocol, MitogenProtocol) and \
+                        not protocol.is_privileged:
+                    stream.on_disconnect(self.broker)
+            # The grace of user code runs from now, alongside the shutdown.
+            self._start_reaper()
         self.broker.shutdown()
 
     def detach(self):
@@ -3470,15 +3804,24 @@ class ExternalContext(object):
             self.broker.shutdown()
 
     def _on_broker_exit(self):
-        if not self.config.get('profiling'):
+        self._start_reaper()
+
+    _reaper_started = False
+
+    def _start_reaper(self):
+        if not self.config.get('profiling') and not self._reaper_started:
             # The last resort of shutdown: if the main thread is stuck in
             # user code, it cannot end the process, so the broker does.
+            self._reaper_started = True
             t = threading.Thread(target=self._reaper, name='mitogen.reaper')
             t.daemon = True
             t.start()
 
     def _reaper(self):
-        if self._main_done.wait(self.config.get('exit_grace', 2.0)):
+        grace = self.config.get('exit_grace', 2.0)
+        if self._parent_lost:
+            grace = min(grace, self.lost_parent_grace)
+        if self._main_done.wait(grace):
             return
         try:
             os.kill(os.getpid(), signal.SIGTERM)

@@ -1139,7 +1139,12 @@ class ModuleResponder:
         fullname = msg.data.decode('utf-8', 'replace')
         self.get_module_count += 1
         try:
-            tup = self._build_tuple(fullname)
+            if not mitogen.core.is_module_name(fullname):
+                # Not worth a search (and never worth a traceback): the
+                # requester hears that it is absent.
+                tup = (fullname, None, None, None, None)
+            else:
+                tup = self._build_tuple(fullname)
         except Exception as e:
             _LOG.exception('%r: while finding %r', self, fullname)
             tup = (fullname, None, None, None,
@@ -1245,7 +1250,8 @@ class LogForwarder:
                 .split('\x00', 2)
             level = int(level)
         except ValueError:
-            _LOG.error('%r: bad log record from %r', self, context)
+            self._router._refuse(msg, self._router.stream_by_id(msg.src_id),
+                                 'bad log record from %r', context)
             return
         logger = self._cache.get(msg.src_id)
         if logger is None or logger.name != 'mitogen.ctx.%s' % (

@@ -1250,9 +1250,14 @@ class IdAllocator(object):
 
     def allocate_block(self, owner_id):
         """Return `(start, end)`: IDs start..end-1 now belong to
-        `owner_id`."""
+        `owner_id`.
+
+        :raises mitogen.core.Error: when the IDs a header can carry are
+            used up."""
         with self.lock:
             start = self.next_id
+            if start + ID_BLOCK_SIZE > mitogen.core.MAX_ID:
+                raise mitogen.core.Error('context IDs are used up')
             self.next_id += ID_BLOCK_SIZE
             self._blocks.append((start, self.next_id, owner_id))
             return start, self.next_id
@@ -1271,7 +1276,11 @@ class IdAllocator(object):
     def _on_allocate_id(self, msg):
         if msg.is_dead:
             return
-        start, end = self.allocate_block(msg.src_id)
+        try:
+            start, end = self.allocate_block(msg.src_id)
+        except mitogen.core.Error as e:
+            self.router._maybe_send_dead(msg, str(e))
+            return
         LOG.debug('%r: IDs %d..%d to context %d', self, start, end - 1,
                   msg.src_id)
         msg.reply((start, end))
@@ -1340,13 +1349,22 @@ class ModuleForwarder(object):
         fullname = mitogen.core.to_native(msg.data.decode('utf-8',
                                                           'replace'))
         dst_id = msg.src_id
+        if not mitogen.core.is_module_name(fullname):
+            # Answered as absent at once, without asking our parent.
+            self._send(dst_id, fullname, preload=False)
+            return
         self.importer.request_module(
             fullname, lambda: self._send(dst_id, fullname, preload=True))
 
     def _on_forward_module(self, msg):
         if msg.is_dead:
             return
-        context_id, fullname = msg.unpickle()
+        context_id, fullname = mitogen.core.control_body(
+            msg, 'FORWARD_MODULE', 2)
+        mitogen.core._check_id('FORWARD_MODULE context ID', context_id)
+        if not mitogen.core.is_module_name(fullname):
+            raise mitogen.core.StreamError(
+                'refusing FORWARD_MODULE: not a module name')
         fullname = mitogen.core.to_native(fullname)
         self.importer.request_module(
             fullname, lambda: self._send(context_id, fullname, preload=True))

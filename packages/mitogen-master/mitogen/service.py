@@ -528,7 +528,8 @@ class Pool(object):
             invoker = self.get_invoker(service_name, msg)
         except Exception:
             e = sys.exc_info()[1]
-            LOG.warning('%r: call refused: %s', self, e)
+            self.router._refuse(msg, self.router.stream_by_id(msg.src_id),
+                                '%r: call refused: %s', self, e)
             if msg.reply_to:
                 msg.reply(e if isinstance(e, mitogen.core.CallError)
                           else mitogen.core.CallError(e))
