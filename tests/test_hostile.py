@@ -137,6 +137,26 @@ def test_value_out_of_range_is_refused_with_stream_error(body, router):
         mitogen.core.deserialize(0, body, router)
 
 
+def test_value_refused_in_a_receiving_thread_is_counted_and_logged(
+        peers, router, caplog):
+    # The router delivers the message; its body is refused only when the
+    # program unpickles it: counted under the child's stream, logged once.
+    hostile, _ = peers
+    recv = mitogen.core.Receiver(router)
+    body = core_call('_unpickle_context', 2 ** 40, None)
+    call(hostile, hf.send_frames, [hf.frame(0, hostile.context_id,
+                                            hostile.context_id, recv.handle,
+                                            0, body)])
+    msg = recv.get(timeout=30)
+    assert msg.receiver is recv
+    with pytest.raises(StreamError, match='refusing'):
+        msg.unpickle()
+    assert router.drop_counts.get(hostile.context_id) == 1
+    lines = [r.getMessage() for r in caplog.records
+             if 'its body was refused' in r.getMessage()]
+    assert len(lines) == 1 and 'refusing' in lines[0]
+
+
 def test_values_at_the_edge_of_their_ranges_are_accepted(router):
     ctx = mitogen.core.Context(router, MAX_ID,
                                u'n' * mitogen.core.MAX_NAME_LENGTH)

@@ -727,11 +727,25 @@ class Message(object):
             raise ChannelError(self._dead_reason())
         obj = self._unpickled
         if obj is None:
-            obj = deserialize(self.flags, self.data, self.router)
+            try:
+                obj = deserialize(self.flags, self.data, self.router)
+            except StreamError:
+                self._count_refusal(sys.exc_info()[1])
+                raise
             self._unpickled = obj
         if throw and isinstance(obj, CallError):
             raise obj
         return obj
+
+    def _count_refusal(self, e):
+        # The router delivered this message; a value its body holds is
+        # refused only now, in the receiving thread. It is counted and
+        # logged like the messages the router drops, within the same rate
+        # limit, under the stream it arrived on.
+        refuse = getattr(self.router, '_refuse', None)
+        if refuse is not None and self.receiver is not None:
+            refuse(self, self.router.stream_by_id(self.src_id),
+                   'its body was refused: %s', e)
 
     def encode(self):
         """Return the message as a list of byte strings to write in order.
@@ -2387,6 +2401,7 @@ class Receiver(object):
         if self.window is not None and not msg.is_dead and \
                 not self._admit(msg):
             return
+        msg.receiver = self
         try:
             self._latch.put(msg)
         except LatchError:
