@@ -21,9 +21,15 @@ machine's own sshd, keys and ``~/.ssh`` are never used or changed.
 The server stops (SIGTERM, then waited for) at the end of the session. Tests
 that need it are skipped, with the reason, where sshd is not installed or
 the suite does not run as root.
+
+The ``loopback_hosts`` fixture (:class:`LoopbackHosts`) gives a hundred more
+"hosts": the same server configuration listening on 127.0.0.2 to
+127.0.0.101 (on Linux all of 127.0.0.0/8 is local), each address a target
+of its own with its own context name.
 """
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -330,3 +336,130 @@ def wrong_known_hosts(tmp_path, sshd):
         key_type, key = f.read().split()[:2]
     return write_known_hosts(tmp_path / 'known_hosts', '[%s]:%d %s %s\n' % (
         sshd.host, sshd.port, key_type, key))
+
+
+#: sshd refuses more than this many ``ListenAddress`` sockets per process
+#: ("Too many listen sockets. Enlarge MAX_LISTEN_SOCKS").
+MAX_LISTEN_SOCKS = 16
+
+
+class LoopbackHosts(object):
+    """The server of :class:`SshServer` (its host key, its authorized keys,
+    its settings) listening on :attr:`addresses`, all on one :attr:`port`.
+    sshd listens on at most :data:`MAX_LISTEN_SOCKS` addresses, so the
+    addresses are spread over several sshd processes with one
+    configuration each.
+
+    .. attribute:: known_hosts
+
+       A known hosts file holding the server's key for every address.
+    """
+
+    def __init__(self, server, count=100):
+        self.server = server
+        self.addresses = ['127.0.0.%d' % (2 + i) for i in range(count)]
+        self.tmpdir = os.path.join(server.tmpdir, 'loopback')
+        self.known_hosts = os.path.join(self.tmpdir, 'known_hosts')
+        self.procs = []
+        self.port = None
+
+    def _config(self, index, addresses):
+        lines = ['Port %d' % self.port]
+        lines += ['ListenAddress %s' % a for a in addresses]
+        lines += [
+            'HostKey %s' % self.server.host_key,
+            'PidFile %s' % os.path.join(self.tmpdir, 'sshd.%d.pid' % index),
+            'AuthorizedKeysFile %s/keys/%%u' % self.server.tmpdir,
+        ] + SERVER_POLICY + ['MaxStartups 200']
+        path = os.path.join(self.tmpdir, 'sshd_config.%d' % index)
+        with open(path, 'w') as f:
+            f.write('\n'.join(lines) + '\n')
+        subprocess.check_call([SSHD, '-t', '-f', path])
+        return path
+
+    def start(self):
+        os.mkdir(self.tmpdir)
+        for _ in range(5):
+            self.port = free_port()
+            if self._try_start():
+                break
+        else:
+            raise RuntimeError('no free port for the loopback sshds')
+        with open(self.known_hosts, 'w') as f:
+            with open(self.server.host_key + '.pub') as pub:
+                key_type, key = pub.read().split()[:2]
+            for address in self.addresses:
+                f.write('[%s]:%d %s %s\n' % (address, self.port, key_type,
+                                             key))
+
+    def _try_start(self):
+        groups = [self.addresses[i:i + MAX_LISTEN_SOCKS]
+                  for i in range(0, len(self.addresses), MAX_LISTEN_SOCKS)]
+        with open(os.path.join(self.tmpdir, 'sshd.log'), 'ab') as log:
+            for index, addresses in enumerate(groups):
+                self.procs.append(subprocess.Popen(
+                    [SSHD, '-D', '-e', '-f', self._config(index, addresses)],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=log))
+        deadline = time.monotonic() + START_TIMEOUT
+        for address in [g[-1] for g in groups]:
+            while True:
+                if any(p.poll() is not None for p in self.procs):
+                    self.stop()     # most likely the port was taken
+                    return False
+                try:
+                    socket.create_connection((address, self.port), 1).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        self.stop()
+                        raise RuntimeError('loopback sshd did not listen '
+                                           'on %s' % (address,))
+                    time.sleep(0.01)
+        return True
+
+    def sessions(self):
+        """PIDs of the login sessions the servers run now (the processes
+        sshd forked for each connection)."""
+        parents = set(p.pid for p in self.procs)
+        pids = []
+        for name in os.listdir('/proc'):
+            if not name.isdigit():
+                continue
+            try:
+                with open('/proc/%s/stat' % name) as f:
+                    fields = f.read().rsplit(')', 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if fields[0] != 'Z' and int(fields[1]) in parents:
+                pids.append(int(name))
+        return pids
+
+    def stop(self):
+        for pid in self.sessions():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        for proc in self.procs:
+            stop_process(proc)
+        self.procs = []
+
+    def ssh_kwargs(self, address, username='mitouser', **kwargs):
+        """Arguments of ``router.ssh()`` for a key login to `address`, as
+        :meth:`SshServer.ssh_kwargs` gives them for the main server."""
+        kwargs.setdefault('known_hosts', self.known_hosts)
+        kwargs.setdefault('port', self.port)
+        return self.server.ssh_kwargs(username=username, hostname=address,
+                                      **kwargs)
+
+
+@pytest.fixture(scope='session')
+def loopback_hosts(sshd, test_users):
+    """A :class:`LoopbackHosts` of 100 addresses, started on first use;
+    ``mitouser`` (of ``test_users``) logs in on every one."""
+    hosts = LoopbackHosts(sshd)
+    try:
+        hosts.start()
+        yield hosts
+    finally:
+        hosts.stop()

@@ -433,8 +433,11 @@ class Router:
 
     async def _settle(self):
         while self._pending:
-            await asyncio.wait([asyncio.wrap_future(f)
-                                for f in list(self._pending)])
+            # Their outcomes were given to whoever awaited them (or dropped
+            # with the cancelled task): only their end matters here.
+            await asyncio.gather(*[asyncio.wrap_future(f)
+                                   for f in list(self._pending)],
+                                 return_exceptions=True)
 
     async def shutdown(self):
         """:meth:`close`, then shut down the broker (ending every context)
