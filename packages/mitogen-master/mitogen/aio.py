@@ -34,6 +34,7 @@ uvloop's included.
 import asyncio
 import concurrent.futures
 import functools
+import threading
 import time
 
 import mitogen.core
@@ -444,5 +445,12 @@ class Router:
         and wait for its thread to exit."""
         await self._settle()
         self.broker.shutdown()
-        await asyncio.wrap_future(self._pool.submit(self.broker.join))
+        loop = asyncio.get_running_loop()
+        exited = loop.create_future()
+
+        def join():
+            self.broker.join()
+            loop.call_soon_threadsafe(_resolve, exited)
+        threading.Thread(target=join, name='mitogen.aio.join').start()
+        await exited
         await self.close()
