@@ -5,6 +5,8 @@ apart from the test modules so that a target imports only this.
 import os
 import time
 
+import mitogen.core
+
 #: Addresses on which :func:`probe` misbehaves.
 CRASH_ADDRESS = '127.0.0.50'
 HANG_ADDRESS = '127.0.0.60'
@@ -28,4 +30,13 @@ def work(seconds, fail=False):
     time.sleep(seconds)
     if fail:
         raise ValueError('failed on purpose')
+    return os.getpid()
+
+
+@mitogen.core.takes_econtext
+def pid_sleeping_if_named(name, seconds, econtext):
+    """This process's ID, after sleeping `seconds` if the context is called
+    `name`."""
+    if econtext.config['name'] == name:
+        time.sleep(seconds)
     return os.getpid()

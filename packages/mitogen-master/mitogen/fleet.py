@@ -361,6 +361,14 @@ def run(targets, fn, args=(), kwargs=None, router=None, **options):
         at the end, when None.
     :param options: the other arguments of :func:`arun`.
     """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        raise RuntimeError('mitogen.fleet.run() cannot be called from a '
+                           'running event loop: await mitogen.fleet.arun()')
+
     async def main():
         if router is None:
             return await arun(targets, fn, args, kwargs, **options)
