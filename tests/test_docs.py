@@ -49,3 +49,19 @@ def test_api_reference_documents_the_public_modules(build):
                    'mitogen.master.Router', 'mitogen.utils.run_with_router',
                    'mitogen.paramiko.Connection', 'mitogen.fakessh.run'):
         assert 'id="%s"' % (target,) in page, target
+
+
+@pytest.mark.parametrize('page,targets', [
+    ('aio.html', ('mitogen.aio.Router.connect', 'mitogen.aio.Context.call',
+                  'mitogen.aio.Receiver', 'mitogen.aio.Select')),
+    ('fleet.html', ('mitogen.fleet.run', 'mitogen.fleet.arun',
+                    'mitogen.fleet.HostResult', 'mitogen.fleet.ProgressLine')),
+])
+def test_asyncio_and_fleet_pages_document_their_modules(build, page, targets):
+    _, out = build
+    with open(str(out / page)) as fp:
+        text = fp.read()
+    for target in targets:
+        assert 'id="%s"' % (target,) in text, target
+    # The page shows the example the test suite runs.
+    assert 'if __name__ ==' in text

@@ -1,6 +1,6 @@
 # Copyright the mitogen contributors. BSD-3-Clause.
 """
-An :mod:`asyncio` face over the master's router and broker::
+An ``asyncio`` face over the master's router and broker::
 
     async with mitogen.aio.Router() as router:
         ctx = await router.local()

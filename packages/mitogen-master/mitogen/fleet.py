@@ -13,7 +13,7 @@ One host failing in any way -- refusing the connection, refusing a
 password, hanging, crashing, or running the function for too long -- is
 recorded in its own result and never holds up or fails the others.
 
-:func:`run` is the threaded entry point, :func:`arun` the :mod:`asyncio`
+:func:`run` is the threaded entry point, :func:`arun` the ``asyncio``
 one; both are the same code (:func:`run` runs :func:`arun` on an event
 loop of its own).
 
@@ -82,7 +82,7 @@ class HostResult:
     .. attribute:: error
 
        The exception when not :attr:`ok`: a connection error
-       (:class:`mitogen.parent.EofError`, :class:`mitogen.ssh.PasswordError`,
+       (:class:`mitogen.parent.EofError`, :data:`mitogen.ssh.PasswordError`,
        :class:`mitogen.ssh.HostKeyError`, ...), :class:`mitogen.core.CallError`
        for an exception raised by the function,
        :class:`mitogen.core.ChannelError` when the context disconnected
