@@ -51,17 +51,21 @@ def test_api_reference_documents_the_public_modules(build):
         assert 'id="%s"' % (target,) in page, target
 
 
-@pytest.mark.parametrize('page,targets', [
-    ('aio.html', ('mitogen.aio.Router.connect', 'mitogen.aio.Context.call',
-                  'mitogen.aio.Receiver', 'mitogen.aio.Select')),
-    ('fleet.html', ('mitogen.fleet.run', 'mitogen.fleet.arun',
-                    'mitogen.fleet.HostResult', 'mitogen.fleet.ProgressLine')),
+@pytest.mark.parametrize('page,example,targets', [
+    ('aio.html', 'examples/aio_hello.py',
+     ('mitogen.aio.Router.connect', 'mitogen.aio.Context.call',
+      'mitogen.aio.Receiver', 'mitogen.aio.Select')),
+    ('fleet.html', 'examples/fleet_local.py',
+     ('mitogen.fleet.run', 'mitogen.fleet.arun', 'mitogen.fleet.HostResult',
+      'mitogen.fleet.ProgressLine')),
 ])
-def test_asyncio_and_fleet_pages_document_their_modules(build, page, targets):
+def test_asyncio_and_fleet_pages_document_their_modules(build, page, example,
+                                                        targets):
     _, out = build
     with open(str(out / page)) as fp:
         text = fp.read()
     for target in targets:
         assert 'id="%s"' % (target,) in text, target
-    # The page shows the example the test suite runs.
-    assert 'if __name__ ==' in text
+    # The page shows the example the test suite runs (its docstring says
+    # how to run it).
+    assert example in text
