@@ -37,6 +37,8 @@ import time
 
 import pytest
 
+import leakcheck
+
 SSHD = '/usr/sbin/sshd'
 SSH_KEYGEN = 'ssh-keygen'
 HOST = '127.0.0.1'
@@ -118,6 +120,19 @@ def pyenv_versions():
     return versions
 
 
+def login_environment():
+    """sshd ``SetEnv`` lines for root's logins: every pyenv interpreter by
+    name, and no ``pyenv rehash``."""
+    versions = pyenv_versions()
+    if not versions:
+        return []
+    # PYENV_REHASH_TIMEOUT=0: root's ~/.bashrc runs "pyenv rehash" at every
+    # login, which waits up to a minute for a lock other logins may hold; a
+    # login needs no rehash.
+    return ['SetEnv PYENV_VERSION=%s PYENV_REHASH_TIMEOUT=0'
+            % ':'.join(versions)]
+
+
 class SshServer(object):
     """The running server and the client material to reach it.
 
@@ -176,13 +191,7 @@ class SshServer(object):
             'MaxSessions 100',
             'Subsystem sftp /usr/lib/openssh/sftp-server',
         ]
-        versions = pyenv_versions()
-        if versions:
-            # PYENV_REHASH_TIMEOUT=0: root's ~/.bashrc runs "pyenv rehash"
-            # at every login, which waits up to a minute for a lock other
-            # logins may hold; a login needs no rehash.
-            lines.append('SetEnv PYENV_VERSION=%s PYENV_REHASH_TIMEOUT=0'
-                         % ':'.join(versions))
+        lines += login_environment()
         lines += ['Match User ' + ','.join(PASSWORD_USERS),
                   '    PasswordAuthentication yes']
         with open(self.config_path, 'w') as f:
@@ -370,7 +379,7 @@ class LoopbackHosts(object):
             'HostKey %s' % self.server.host_key,
             'PidFile %s' % os.path.join(self.tmpdir, 'sshd.%d.pid' % index),
             'AuthorizedKeysFile %s/keys/%%u' % self.server.tmpdir,
-        ] + SERVER_POLICY + ['MaxStartups 200']
+        ] + SERVER_POLICY + ['MaxStartups 200'] + login_environment()
         path = os.path.join(self.tmpdir, 'sshd_config.%d' % index)
         with open(path, 'w') as f:
             f.write('\n'.join(lines) + '\n')
@@ -423,15 +432,10 @@ class LoopbackHosts(object):
         parents = set(p.pid for p in self.procs)
         pids = []
         for name in os.listdir('/proc'):
-            if not name.isdigit():
-                continue
-            try:
-                with open('/proc/%s/stat' % name) as f:
-                    fields = f.read().rsplit(')', 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if fields[0] != 'Z' and int(fields[1]) in parents:
-                pids.append(int(name))
+            if name.isdigit():
+                status = leakcheck.process_status(int(name))
+                if status and status[1] != 'Z' and status[0] in parents:
+                    pids.append(int(name))
         return pids
 
     def stop(self):

@@ -73,18 +73,19 @@ class _Wakeup:
                 return take()
             except mitogen.core.TimeoutError:
                 pass
+            remaining = None
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise mitogen.core.TimeoutError('no result within %.1f s'
+                                                    % (timeout,))
             # Nothing can run on this loop between the failed take() and
             # creating the future, and a notify from another thread only
             # schedules _wake: no wake-up can be missed.
             future = self._loop.create_future()
             self._waiters.add(future)
             timer = None
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    self._waiters.discard(future)
-                    raise mitogen.core.TimeoutError('no result within %.1f s'
-                                                    % (timeout,))
+            if remaining is not None:
                 timer = self._loop.call_later(remaining, _resolve, future)
             try:
                 await future
