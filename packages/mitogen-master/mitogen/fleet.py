@@ -102,7 +102,8 @@ class HostResult:
 
        The :class:`mitogen.aio.Context` of the target while it is
        connected: when the router was passed in by the caller, contexts
-       are left connected for further use. None otherwise.
+       are left connected for further use (a threaded program calls
+       through its :attr:`~mitogen.aio.Context.context`). None otherwise.
     """
 
     def __init__(self, index, target):
