@@ -379,7 +379,9 @@ class LoopbackHosts(object):
             'HostKey %s' % self.server.host_key,
             'PidFile %s' % os.path.join(self.tmpdir, 'sshd.%d.pid' % index),
             'AuthorizedKeysFile %s/keys/%%u' % self.server.tmpdir,
-        ] + SERVER_POLICY + ['MaxStartups 200'] + login_environment()
+        ] + SERVER_POLICY + ['MaxStartups 200'] + login_environment() + [
+            'Match User ' + ','.join(PASSWORD_USERS),
+            '    PasswordAuthentication yes']
         path = os.path.join(self.tmpdir, 'sshd_config.%d' % index)
         with open(path, 'w') as f:
             f.write('\n'.join(lines) + '\n')

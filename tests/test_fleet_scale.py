@@ -2,8 +2,8 @@
 :mod:`mitogen.fleet` on a hundred real ssh targets: the private sshd
 listening on 127.0.0.2 to 127.0.0.101 (``loopback_hosts``), one login per
 address, plus targets broken in each way a real fleet has them: a refused
-port, a host whose key does not match, a client key the host refuses, a host
-that accepts the TCP connection and then says nothing, a host where the
+port, a host whose key does not match, a client key the host refuses, a
+wrong password, a host that accepts the TCP connection and then says nothing, a host where the
 function crashes and one where it never returns.
 
 The whole hundred runs in CI. The same hundred as chains (every target
@@ -60,7 +60,7 @@ def ssh_target(hosts, address, **kwargs):
 
 
 def broken_targets(hosts, tmp_path, wrong_known_hosts, silent_port,
-                   refused_port):
+                   refused_port, passwd_user):
     """(target, expected exception type, text in its message) for each way
     of being broken at connect time."""
     stranger = str(tmp_path / 'stranger_key')
@@ -73,6 +73,10 @@ def broken_targets(hosts, tmp_path, wrong_known_hosts, silent_port,
          mitogen.ssh.HostKeyError, 'Host key verification failed'),
         (ssh_target(hosts, hosts.addresses[0], identity_file=stranger),
          mitogen.ssh.PasswordError, 'Permission denied (publickey'),
+        (ssh_target(hosts, hosts.addresses[1], username=passwd_user,
+                    identity_file=None, password='not the password',
+                    ssh_args=['-o', 'PubkeyAuthentication=no']),
+         mitogen.ssh.PasswordError, 'password is incorrect'),
         # Its own, shorter, connect_timeout: ssh gives up first.
         (ssh_target(hosts, '127.0.0.1', port=silent_port, connect_timeout=3),
          mitogen.core.StreamError, 'timed out during banner exchange'),
@@ -80,11 +84,11 @@ def broken_targets(hosts, tmp_path, wrong_known_hosts, silent_port,
 
 
 def test_hundred_hosts_succeed_and_each_broken_one_reports_its_error(
-        loopback_hosts, tmp_path, wrong_known_hosts, silent_listener,
-        refused_port):
+        loopback_hosts, test_users, tmp_path, wrong_known_hosts,
+        silent_listener, refused_port):
     good = [ssh_target(loopback_hosts, a) for a in loopback_hosts.addresses]
     broken = broken_targets(loopback_hosts, tmp_path, wrong_known_hosts,
-                            silent_listener, refused_port)
+                            silent_listener, refused_port, test_users.passwd)
     events = []
     started = time.monotonic()
 
