@@ -35,7 +35,9 @@ DISTRIBUTIONS = sorted(
 
 #: Modules that only ever run in a master (modern Python only); every other
 #: module of the package may run in a child.
-MASTER_ONLY = {'master.py'}
+#: The line that marks a module that never runs in a child: it need not
+#: compile on a child's Python.
+MASTER_ONLY_MARKER = '# master-only module'
 
 
 def run(argv, **kwargs):
@@ -370,9 +372,21 @@ def package_modules():
     return sorted(glob.glob(os.path.join(PACKAGES, '*', 'mitogen', '*.py')))
 
 
+def is_master_only(path):
+    with open(path) as f:
+        return MASTER_ONLY_MARKER in f.read().splitlines()
+
+
 def child_modules():
-    return [p for p in package_modules()
-            if os.path.basename(p) not in MASTER_ONLY]
+    return [p for p in package_modules() if not is_master_only(p)]
+
+
+def test_master_only_modules_are_marked():
+    names = {os.path.basename(p) for p in package_modules()
+             if is_master_only(p)}
+
+    assert {'master.py', 'aio.py', 'fleet.py'} <= names
+    assert 'parent.py' not in names and 'core.py' not in names
 
 
 def test_child_modules_include_the_core_and_the_local_method():

@@ -5,6 +5,7 @@ serving them.
 This module only ever runs in the master, so it may use any syntax of the
 master's Python (3.9 and later).
 """
+# master-only module
 
 from __future__ import annotations
 
