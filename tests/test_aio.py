@@ -14,6 +14,7 @@ import time
 import pytest
 
 import aioloops
+import waiting
 import mitogen.aio
 import mitogen.core
 import mitogen.master
@@ -113,17 +114,22 @@ def test_failed_connection_raises_the_transport_error(run):
 
 
 def test_cancelled_connection_disconnects_the_context_it_made(run):
+    # sh holds the handshake for half a second before starting Python.
+    slow_python = ['sh', '-c', 'sleep 0.5; exec "$0" "$@"', sys.executable]
+
     async def main(router):
-        task = asyncio.ensure_future(router.local())
-        await asyncio.sleep(0)     # the handshake runs on its thread now
+        task = asyncio.ensure_future(router.local(python_path=slow_python))
+        await asyncio.sleep(0.2)   # the handshake runs on its thread now
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        # The router waits for the handshake and drops the context.
-        await router.close()
-        return router.router
-    sync_router = run(main)
-    assert sync_router._conns == {}
+        started = time.monotonic()
+        await router.close()       # waits for the handshake to end
+        return router.router, time.monotonic() - started
+    sync_router, waited = run(main)
+    assert waited > 0.1
+    # Connected, then disconnected: nothing is left of it.
+    assert waiting.wait_for(lambda: sync_router._conns == {})
 
 
 # --- calls ------------------------------------------------------------

@@ -23,8 +23,9 @@ import mitogen.ssh
 from sshd import keygen
 from support.fleet_funcs import CRASH_ADDRESS, HANG_ADDRESS, probe
 
-#: Seconds each host is given.
-TIMEOUT = 8.0
+#: Seconds each host is given: a good host needs well under 10 even with
+#: a hundred logins at once on a busy two-core machine.
+TIMEOUT = 15.0
 
 heavy = pytest.mark.skipif(
     not os.environ.get('MITOGEN_TEST_HEAVY'),
@@ -124,8 +125,7 @@ def test_hundred_hosts_succeed_and_each_broken_one_reports_its_error(
         kinds.setdefault(event.result.index, []).append(event.kind)
     assert kinds[0] == ['start', 'connected', 'done']
     assert kinds[len(good)] == ['start', 'failed']
-    # The slowest good host plus one timeout, with room for a loaded box:
-    # the good hosts alone take about 10 s here.
+    # The slowest good host plus one timeout, with room for a loaded box.
     slowest_good = max(r.elapsed for r in results if r.ok)
     assert elapsed < slowest_good + TIMEOUT + 10, (elapsed, slowest_good)
     # Nothing left running: no login session on any of the servers.
