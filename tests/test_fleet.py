@@ -132,6 +132,14 @@ def test_a_failed_hop_fails_every_target_behind_it():
     assert results[2].ok
 
 
+def test_a_failing_event_callback_is_logged_and_the_run_goes_on(caplog):
+    def on_event(event):
+        raise RuntimeError('callback bug')
+    results = run([LOCAL, LOCAL], on_event=on_event)
+    assert all(r.ok for r in results)
+    assert 'callback bug' in caplog.text
+
+
 def test_a_target_is_a_dict_with_a_method():
     with pytest.raises(ValueError, match='"method"'):
         run([{'hostname': 'web1'}])

@@ -42,11 +42,14 @@ line on standard error up to date.
 
 import asyncio
 import json
+import logging
 import sys
 import time
 
 import mitogen.aio
 import mitogen.core
+
+LOG = logging.getLogger(__name__)
 
 #: Default for the `concurrency` argument: hosts worked on at once.
 DEFAULT_CONCURRENCY = 32
@@ -319,7 +322,7 @@ async def arun(targets, fn, args=(), kwargs=None, router=None,
     :param float timeout: seconds allowed for each host (see the module's
         introduction).
     :param on_event: called with each :class:`Event`, on the event loop's
-        thread.
+        thread; an exception it raises is logged, and the run goes on.
     :param progress: keep a :class:`ProgressLine` on standard error; None
         means "when standard error is a terminal".
     """
@@ -331,8 +334,13 @@ async def arun(targets, fn, args=(), kwargs=None, router=None,
         callbacks.append(ProgressLine())
 
     def fire(event):
+        # A failing callback must not abandon the hosts still running.
         for callback in callbacks:
-            callback(event)
+            try:
+                callback(event)
+            except Exception:
+                LOG.exception('fleet: event callback %r failed on %r',
+                              callback, event)
 
     owned = router is None
     if owned:
