@@ -111,31 +111,51 @@ def _unpack_ansible_mitogen(wheel, dest):
                 shutil.copyfileobj(src, out)
 
 
-def ansible_mitogen_path(cache_dir=CACHE_DIR):
-    """
-    Return the directory whose ``ansible_mitogen/`` is Mitogen for
-    Ansible, from the cache or freshly downloaded. Safe when several test
-    sessions ask at once: the first one fills the cache under a lock.
-    """
-    path = os.path.join(cache_dir, 'mitogen-%s' % MITOGEN_VERSION)
-    marker = os.path.join(path, 'ansible_mitogen', '__init__.py')
-    if os.path.exists(marker):
-        return path
+def _fill_cache(cache_dir, done, fill):
+    """Unless `done` exists, call ``fill(work)`` with a new directory
+    `work` (removed afterwards) under the lock of `cache_dir`: safe when
+    several test sessions ask at once, the first one fills the cache."""
+    if os.path.exists(done):
+        return
     os.makedirs(cache_dir, exist_ok=True)
     with open(os.path.join(cache_dir, '.lock'), 'w') as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if os.path.exists(marker):
-            return path
-        work = tempfile.mkdtemp(prefix='download-', dir=cache_dir)
+        if os.path.exists(done):
+            return
+        work = tempfile.mkdtemp(prefix='fill-', dir=cache_dir)
         try:
-            wheel = _download_wheel(work)
-            unpacked = os.path.join(work, 'unpacked')
-            _unpack_ansible_mitogen(wheel, unpacked)
-            if os.path.exists(path):
-                shutil.rmtree(path)
-            os.rename(unpacked, path)
+            fill(work)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def ansible_mitogen_path(cache_dir=CACHE_DIR):
+    """
+    Return the directory whose ``ansible_mitogen/`` is Mitogen for
+    Ansible, from the cache or freshly unpacked from the wheel.
+    """
+    path = os.path.join(cache_dir, 'mitogen-%s' % MITOGEN_VERSION)
+
+    def unpack(work):
+        unpacked = os.path.join(work, 'unpacked')
+        _unpack_ansible_mitogen(mitogen_wheel(cache_dir), unpacked)
+        if os.path.exists(path):
+            shutil.rmtree(path)
+        os.rename(unpacked, path)
+    _fill_cache(cache_dir, os.path.join(path, 'ansible_mitogen',
+                                        '__init__.py'), unpack)
+    return path
+
+
+def mitogen_wheel(cache_dir=CACHE_DIR):
+    """
+    Return the path of the mitogen 0.3.54 wheel (upstream Mitogen), from
+    the cache or freshly downloaded and checked against its published hash.
+    """
+    path = os.path.join(cache_dir, 'mitogen-%s-py2.py3-none-any.whl'
+                        % (MITOGEN_VERSION,))
+    _fill_cache(cache_dir, path,
+                lambda work: os.rename(_download_wheel(work), path))
     return path
 
 

@@ -20,7 +20,8 @@ import mitogen.master
 # sshd: the private OpenSSH server (fixture sshd).
 # users: the test accounts and sudo/doas rules (test_users, user_python).
 # sites: throwaway packages on the master's sys.path (master_site).
-pytest_plugins = ['pytester', 'sshd', 'users', 'sites']
+# dists: the distributions built into sdists and wheels (built_dists).
+pytest_plugins = ['pytester', 'sshd', 'users', 'sites', 'dists']
 
 
 def pytest_configure(config):

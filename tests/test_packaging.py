@@ -6,14 +6,15 @@ works vendored alone; every module that runs in a child compiles on every
 child interpreter (checked, not assumed).
 """
 import glob
+import email
 import importlib.metadata
-import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
+import zipfile
 
 import pytest
 
@@ -22,16 +23,10 @@ import mitogen.core
 import mitogen.local
 
 import interpreters
+from dists import DISTRIBUTIONS, PACKAGES, ROOT, sdist_members
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACKAGES = os.path.join(ROOT, 'packages')
 CORE_DIR = os.path.join(PACKAGES, 'mitogen-core', 'mitogen')
 MASTER_DIR = os.path.join(PACKAGES, 'mitogen-master', 'mitogen')
-#: Every distribution of the workspace (a folder of packages/ with a
-#: pyproject.toml).
-DISTRIBUTIONS = sorted(
-    d for d in os.listdir(PACKAGES)
-    if os.path.isfile(os.path.join(PACKAGES, d, 'pyproject.toml')))
 
 #: Modules that only ever run in a master (modern Python only); every other
 #: module of the package may run in a child.
@@ -110,37 +105,11 @@ WHEEL_SCRIPT = textwrap.dedent('''
 
 
 @pytest.fixture(scope='module')
-def wheel_venv(tmp_path_factory):
-    """A fresh virtual environment holding the wheels of every
-    distribution built from this checkout; returns its python."""
-    for module in ('setuptools', 'wheel'):
-        if importlib.util.find_spec(module) is None:
-            pytest.skip('%s is not installed in %s: scripts/setup installs '
-                        'it' % (module, sys.prefix))
-    base = tmp_path_factory.mktemp('wheels')
-    sources = []
-    for name in DISTRIBUTIONS:
-        # Build from a copy: an in-tree build writes build/ and egg-info
-        # into the checkout that other tests import from.
-        dest = base / 'src' / name
-        shutil.copytree(
-            os.path.join(PACKAGES, name), str(dest),
-            ignore=shutil.ignore_patterns('build', '*.egg-info',
-                                          '__pycache__'))
-        sources.append(str(dest))
-    out = base / 'dist'
-    run([sys.executable, '-m', 'pip', 'wheel', '-q', '--no-deps',
-         '--no-build-isolation', '--no-index', '--disable-pip-version-check',
-         '-w', str(out)] + sources)
-    wheels = sorted(glob.glob(str(out / '*.whl')))
-    assert [os.path.basename(w).split('-')[0] for w in wheels] == [
-        name.replace('-', '_') for name in DISTRIBUTIONS]
-    venv = base / 'venv'
-    run([sys.executable, '-m', 'venv', '--without-pip', str(venv)])
-    python = str(venv / 'bin' / 'python')
-    run([sys.executable, '-m', 'pip', '--python', python, 'install', '-q',
-         '--no-index', '--no-deps', '--disable-pip-version-check'] + wheels)
-    return python
+def wheel_venv(built_dists, tmp_path_factory):
+    """A fresh virtual environment holding every distribution, installed
+    by pip from the files built from this checkout; returns its python."""
+    return built_dists.venv(tmp_path_factory.mktemp('wheels') / 'venv',
+                            *DISTRIBUTIONS)
 
 
 @pytest.fixture(scope='module')
@@ -204,6 +173,137 @@ def test_checkout_package_spans_both_distribution_directories(tmp_path):
 
 
 # -- metadata --------------------------------------------------------------
+#
+# What twine check and PyPI look at, checked on the built files themselves.
+
+#: Python versions a master runs on: every distribution installs on them.
+MASTER_PYTHONS = ['3.9', '3.10', '3.11', '3.12', '3.13']
+
+
+def wheel_metadata(built_dists, name):
+    path = built_dists.file_of(name, '.whl')
+    with zipfile.ZipFile(path) as archive:
+        [meta] = [n for n in archive.namelist()
+                  if n.endswith('.dist-info/METADATA')]
+        [wheel] = [n for n in archive.namelist()
+                   if n.endswith('.dist-info/WHEEL')]
+        return (email.message_from_bytes(archive.read(meta)),
+                email.message_from_bytes(archive.read(wheel)),
+                archive.namelist())
+
+
+@pytest.mark.parametrize('name', DISTRIBUTIONS)
+def test_wheel_carries_the_license(built_dists, name):
+    _, _, members = wheel_metadata(built_dists, name)
+
+    [license_file] = [m for m in members
+                      if m.endswith('.dist-info/licenses/LICENSE')]
+    with zipfile.ZipFile(built_dists.file_of(name, '.whl')) as archive:
+        text = archive.read(license_file).decode()
+    with open(os.path.join(ROOT, 'LICENSE')) as f:
+        assert text == f.read()
+
+
+@pytest.mark.parametrize('name', DISTRIBUTIONS)
+def test_sdist_carries_license_readme_and_sources(built_dists, name):
+    members = sdist_members(built_dists.file_of(name, '.tar.gz'))
+
+    assert {'LICENSE', 'README.md', 'pyproject.toml', 'PKG-INFO'} <= set(
+        members)
+    sources = {os.path.relpath(p, os.path.join(PACKAGES, name))
+               for p in glob.glob(os.path.join(PACKAGES, name, 'mitogen',
+                                               '*'))
+               if not p.endswith('__pycache__')}
+    assert sources <= set(members)
+
+
+@pytest.mark.parametrize('name', DISTRIBUTIONS)
+def test_license_file_of_each_distribution_is_the_repository_license(name):
+    with open(os.path.join(ROOT, 'LICENSE')) as f:
+        expected = f.read()
+    path = os.path.join(PACKAGES, name, 'LICENSE')
+    assert os.path.exists(path), 'cp LICENSE %s' % (path,)
+    with open(path) as f:
+        assert f.read() == expected
+
+
+@pytest.mark.parametrize('name', DISTRIBUTIONS)
+def test_metadata_has_what_a_pypi_page_shows(built_dists, name):
+    meta, _, _ = wheel_metadata(built_dists, name)
+
+    assert meta['Name'] == name
+    assert meta['Summary'] and len(meta['Summary']) > 20
+    assert meta['License-Expression'] == 'BSD-3-Clause'
+    assert meta['License-File'] == 'LICENSE'
+    urls = dict(u.split(', ', 1) for u in meta.get_all('Project-URL'))
+    assert {'Homepage', 'Documentation', 'Source', 'Issues'} <= set(urls)
+    assert all(u.startswith('https://') for u in urls.values())
+    classifiers = meta.get_all('Classifier')
+    assert 'Operating System :: POSIX' in classifiers
+    assert any(c.startswith('Topic :: ') for c in classifiers)
+
+
+@pytest.mark.parametrize('name', DISTRIBUTIONS)
+def test_readme_is_a_real_pypi_page(built_dists, name):
+    meta, _, _ = wheel_metadata(built_dists, name)
+    description = meta.get_payload()
+
+    assert meta['Description-Content-Type'] == 'text/markdown'
+    assert description.startswith('# %s\n' % (name,))
+    assert 'pip install %s' % (name,) in description
+    assert '```python\n' in description
+    assert len(description.splitlines()) >= 15
+
+
+@pytest.mark.parametrize('name', DISTRIBUTIONS)
+def test_requires_python_classifiers_and_wheel_tag_agree(built_dists, name):
+    from packaging.specifiers import SpecifierSet
+
+    meta, wheel, _ = wheel_metadata(built_dists, name)
+    requires = SpecifierSet(meta['Requires-Python'])
+    versions = [c.rsplit(' :: ', 1)[1] for c in meta.get_all('Classifier')
+                if c.startswith('Programming Language :: Python :: ')
+                and c[-1].isdigit()]
+
+    assert [v for v in versions if '.' in v] == MASTER_PYTHONS
+    assert all(requires.contains(v + '.0') for v in MASTER_PYTHONS)
+    assert not requires.contains('3.8.0') and not requires.contains('2.7.0')
+    assert 'Programming Language :: Python :: 3 :: Only' in \
+        meta.get_all('Classifier')
+    assert wheel.get_all('Tag') == ['py3-none-any']
+    assert wheel['Root-Is-Purelib'] == 'true'
+
+
+def versions_written_in(name):
+    """``(file, line)`` of every line of a distribution's folder that
+    spells its version."""
+    version = importlib.metadata.version(name)
+    found = []
+    folder = os.path.join(PACKAGES, name)
+    for path in glob.glob(os.path.join(folder, '**', '*'), recursive=True):
+        if not os.path.isfile(path) or '.egg-info' in path \
+                or '__pycache__' in path:
+            continue
+        with open(path, 'rb') as f:
+            for line in f:
+                if version.encode() in line:
+                    found.append((os.path.relpath(path, folder),
+                                  line.decode().strip()))
+    return found
+
+
+@pytest.mark.parametrize('name', DISTRIBUTIONS)
+def test_each_distribution_writes_its_version_once(name):
+    assert len(versions_written_in(name)) == 1, versions_written_in(name)
+
+
+@pytest.mark.parametrize('name', DISTRIBUTIONS)
+def test_built_version_is_the_written_one(built_dists, name):
+    meta, _, _ = wheel_metadata(built_dists, name)
+
+    [(_, line)] = versions_written_in(name)
+    assert '%r' % (meta['Version'],) in line.replace('"', "'")
+
 
 def test_core_metadata_version_is_the_core_version():
     assert importlib.metadata.version('mitogen-core') \

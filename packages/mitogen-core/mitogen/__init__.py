@@ -2,15 +2,31 @@
 mitogen: distributed self-replicating Python programs.
 
 The package spans several distributions (mitogen-core, mitogen-master,
-mitogen-ssh, mitogen-fakessh).  ``pkgutil.extend_path`` lets each of them
+mitogen-ssh, ...).  ``pkgutil.extend_path`` lets each of them
 contribute modules to this one package, whether installed from wheels (one
 directory) or in development mode (one directory per distribution).
 """
 
-__path__ = __import__('pkgutil').extend_path(__path__, __name__)
+import os as _os
 
-#: Version of this package as a tuple.
-__version__ = (0, 1, 0)
+from mitogen import installation as _installation
+
+# Refuse to run on a package that upstream Mitogen's files share, and keep
+# its directory out of ours when it is installed elsewhere on sys.path.
+_installation.refuse_foreign_neighbour(_os.path.dirname(__file__))
+__path__ = _installation.without_foreign_directories(
+    __import__('pkgutil').extend_path(__path__, __name__),
+    _os.path.dirname(__file__))
+
+
+def __getattr__(name):
+    # Version of this package as a tuple (``mitogen.__version__``), read
+    # from core.py, its one source, only when asked for (Python 3.7+).
+    if name == '__version__':
+        import mitogen.core
+        return tuple(int(n) for n in mitogen.core.__version__.split('.'))
+    raise AttributeError('module %r has no attribute %r' % (__name__, name))
+
 
 #: True in the master process, False in every child.
 is_master = True

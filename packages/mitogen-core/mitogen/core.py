@@ -109,8 +109,14 @@ def bytes_partition(s, sep):
     """``s.partition(sep)`` for bytes."""
     return s.partition(sep)
 
-#: Version of this core file (the mitogen-core distribution).
+#: Version of this core file and of the mitogen-core distribution: the one
+#: place it is written (pyproject.toml reads it from here).
 __version__ = '0.1.0'
+
+#: The distribution this core belongs to: tells this project's modules
+#: that they run on their own core, not on another project's ``mitogen``
+#: package installed over them (:mod:`mitogen.installation`).
+DISTRIBUTION = 'mitogen-core'
 
 #: Version of the wire protocol spoken by this core. A master refuses to
 #: start children with a core whose protocol it does not support.

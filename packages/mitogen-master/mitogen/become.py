@@ -50,6 +50,11 @@ import termios
 
 import mitogen.core
 import mitogen.parent
+import mitogen.installation
+
+# This module exists only in this project: refuse to run on upstream
+# Mitogen's core, installed over ours.
+mitogen.installation.require_this_project()
 
 #: Raised when a password is needed and none was given, or it was refused.
 PasswordError = mitogen.parent.PasswordError

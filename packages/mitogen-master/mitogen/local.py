@@ -5,6 +5,11 @@ connected through a socket pair.
 """
 
 import mitogen.parent
+import mitogen.installation
+
+# This module exists only in this project: refuse to run on upstream
+# Mitogen's core, installed over ours.
+mitogen.installation.require_this_project()
 
 
 class Options(mitogen.parent.Options):

@@ -998,7 +998,10 @@ import mitogen.core
 class _MasterOnly(object):
     def __init__(self, *args, **kwargs):
         raise mitogen.core.Error(
-            'mitogen.master.%s can only be used in the master process'
+            'mitogen.master.%s can only be used in the master process. If '
+            'a child is importing your script (__main__) to run one of its '
+            'functions, the code that creates the router runs at its top '
+            "level: put it under an if __name__ == '__main__': guard"
             % (type(self).__name__,))
 
 

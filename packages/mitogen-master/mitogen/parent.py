@@ -18,6 +18,7 @@ import fcntl
 import itertools
 import logging
 import os
+import re
 import select
 import signal
 import socket
@@ -363,6 +364,14 @@ def _describe_uncached(fn):
 
 def _check_reachable(obj, modname, qualname):
     module = sys.modules.get(modname)
+    if modname == '__main__' and mitogen.is_master and not isinstance(
+            getattr(module, '__file__', None), str):
+        raise TypeError(
+            'cannot call %r remotely: it was defined in a program with no '
+            'source file (python -c, python - < file, or an interactive '
+            'session), so a child cannot import it from the master; define '
+            'it in a .py file and run that file, or import it from a module'
+            % (obj,))
     target = module
     for part in qualname.split('.'):
         target = getattr(target, part, None)
@@ -908,43 +917,254 @@ BUILTIN_TRANSPORTS = {
     'paramiko': 'mitogen.paramiko:Connection',
 }
 
+#: What to ``pip install`` for connection methods published by this
+#: project's other distributions, for the error raised when one is asked
+#: for but not installed. Methods of third parties are found only once
+#: installed, so nothing can be suggested for them.
+TRANSPORT_DISTRIBUTIONS = dict(
+    [('ssh', 'mitogen-ssh'), ('paramiko', 'mitogen-ssh[paramiko]')] +
+    [(name, 'mitogen-containers') for name in (
+        'podman', 'docker', 'buildah', 'kubectl', 'lxc', 'lxd', 'incus',
+        'setns', 'jail')]
+)
+
+_IDENTIFIER = re.compile(r'[A-Za-z_][A-Za-z0-9_]*$')
+
+#: Options every connection method accepts that the router supplies itself.
+_ROUTER_SUPPLIED_OPTIONS = ('max_message_size', 'old_router')
+
+
+class TransportUnavailable(mitogen.core.Error):
+    """No connection method of the name asked for is installed, or the one
+    installed cannot be imported (a missing optional dependency, say). The
+    message names the ``pip install`` that adds it where it is known."""
+
+
+class Transport(object):
+    """One entry of the ``mitogen.transports`` entry-point group.
+
+    :param str name: the method's name, as in ``router.<name>()``.
+    :param str target: ``module:Class`` of its :class:`Connection`.
+    :param str distribution: the distribution declaring it, or None for the
+        built-in table used where there is no package metadata.
+    :param list requires: that distribution's requirement strings.
+    """
+
+    def __init__(self, name, target, distribution=None, requires=()):
+        self.name = name
+        self.target = target
+        self.distribution = distribution
+        self.requires = list(requires)
+
+    def _extra_providing(self, module):
+        # "paramiko>=3; extra == 'paramiko'" -> "paramiko".
+        wanted = module.split('.')[0].lower().replace('_', '-')
+        for requirement in self.requires:
+            spec, _, marker = requirement.partition(';')
+            project = spec.strip()
+            for stop in '<>=!~[ (':
+                project = project.split(stop)[0]
+            if project.lower().replace('_', '-') != wanted:
+                continue
+            extra = marker.replace('"', "'").partition("extra == '")[2]
+            if extra:
+                return extra.partition("'")[0]
+        return None
+
+    def load(self):
+        """Import and return the :class:`Connection` subclass, or raise
+        :class:`TransportUnavailable` saying what to install."""
+        modname, _, attr = self.target.partition(':')
+        try:
+            __import__(modname)
+        except ImportError as e:
+            missing = getattr(e, 'name', None) or ''
+            raise TransportUnavailable(self._missing_text(modname, missing, e))
+        try:
+            return getattr(sys.modules[modname], attr)
+        except AttributeError:
+            raise TransportUnavailable(
+                'connection method %r: module %s has no attribute %r (%s)'
+                % (self.name, modname, attr, self._origin()))
+
+    def _origin(self):
+        if self.distribution:
+            return 'registered by distribution %s' % (self.distribution,)
+        return 'a built-in method'
+
+    def _missing_text(self, modname, missing, error):
+        hint = TRANSPORT_DISTRIBUTIONS.get(self.name)
+        own_module = missing == modname or modname.startswith(missing + '.')
+        if own_module and hint and self.distribution is None:
+            return ('connection method %r needs the %s distribution, which '
+                    'is not installed: pip install %s'
+                    % (self.name, hint.split('[')[0], _quoted(hint)))
+        if missing and not own_module:
+            extra = self.distribution and self._extra_providing(missing)
+            if extra:
+                hint = '%s[%s]' % (self.distribution, extra)
+            if hint and '[' in hint:
+                return ('connection method %r needs %s, which is not '
+                        'installed: pip install %s'
+                        % (self.name, missing, _quoted(hint)))
+        return 'connection method %r (%s, %s) cannot be imported: %s' % (
+            self.name, self.target, self._origin(), error)
+
+
+def _quoted(spec):
+    # Shells expand [...]: quote extras so the command can be pasted.
+    return "'%s'" % (spec,) if '[' in spec else spec
+
+
 _transport_cache = {}
+_registry = []
+_warned_duplicates = set()
 
 
-def resolve_transport(name):
-    """Return the :class:`Connection` subclass registered under `name` in
-    the ``mitogen.transports`` entry-point group."""
-    cls = _transport_cache.get(name)
-    if cls is not None:
-        return cls
-    target = None
+def _installed_transports():
+    """{name: [Transport, ...]} from the package metadata of every
+    installed distribution, in ``sys.path`` order; empty where there is no
+    metadata (children, or Python without ``importlib.metadata``)."""
+    if _registry:
+        return _registry[0]
+    found = {}
     try:
         from importlib import metadata
     except ImportError:
         metadata = None
-    if metadata is not None:
+    if metadata is not None and mitogen.is_master:
+        seen = set()
         try:
-            eps = metadata.entry_points()
-            if hasattr(eps, 'select'):
-                found = eps.select(group='mitogen.transports', name=name)
-            else:
-                found = [ep for ep in eps.get('mitogen.transports', ())
-                         if ep.name == name]
-            for ep in found:
-                target = ep.value
-                break
+            for dist in metadata.distributions():
+                dist_name = dist.metadata['Name']
+                if not dist_name or dist_name.lower() in seen:
+                    # A later copy of a distribution on sys.path is shadowed
+                    # by the first, as for imports.
+                    continue
+                seen.add(dist_name.lower())
+                for ep in dist.entry_points:
+                    if ep.group == 'mitogen.transports':
+                        found.setdefault(ep.name, []).append(Transport(
+                            ep.name, ep.value, dist_name, dist.requires or ()))
         except Exception:
             LOG.debug('entry point lookup failed', exc_info=True)
-    if target is None:
+    _registry.append(found)
+    return found
+
+
+def _transport_named(name):
+    candidates = _installed_transports().get(name)
+    if not candidates and _registry:
+        # Distributions may have been added to sys.path since the last
+        # scan: look again before saying the method is not installed.
+        del _registry[:]
+        candidates = _installed_transports().get(name)
+    if not candidates:
         target = BUILTIN_TRANSPORTS.get(name)
-    if target is None:
-        raise mitogen.core.Error('no connection method named %r is '
-                                 'installed' % (name,))
-    modname, _, attr = target.partition(':')
-    __import__(modname)
-    cls = getattr(sys.modules[modname], attr)
+        if target is None:
+            return None
+        return Transport(name, target)
+    if len(candidates) > 1 and name not in _warned_duplicates:
+        _warned_duplicates.add(name)
+        import warnings
+        warnings.warn(
+            'connection method %r is registered by several distributions: '
+            '%s; using the one from %s. Uninstall the others to silence '
+            'this warning.' % (name, ', '.join(
+                '%s (%s)' % (t.distribution, t.target) for t in candidates),
+                candidates[0].distribution), RuntimeWarning, stacklevel=4)
+    return candidates[0]
+
+
+def transport_names():
+    """Sorted names of every connection method this process can find:
+    those of the installed distributions' ``mitogen.transports`` entry
+    points, and the built-in ones."""
+    names = set(_installed_transports())
+    if not names:
+        names = set(BUILTIN_TRANSPORTS)
+    return sorted(names)
+
+
+def resolve_transport(name):
+    """Return the :class:`Connection` subclass registered under `name` in
+    the ``mitogen.transports`` entry-point group, or raise
+    :class:`TransportUnavailable` naming what to install."""
+    cls = _transport_cache.get(name)
+    if cls is not None:
+        return cls
+    transport = _transport_named(name)
+    if transport is None:
+        hint = TRANSPORT_DISTRIBUTIONS.get(name)
+        if hint:
+            raise TransportUnavailable(
+                'no connection method named %r is installed; it comes with '
+                'the %s distribution: pip install %s'
+                % (name, hint.split('[')[0], _quoted(hint)))
+        raise TransportUnavailable(
+            'no connection method named %r is installed (installed: %s)'
+            % (name, ', '.join(transport_names())))
+    cls = transport.load()
     _transport_cache[name] = cls
     return cls
+
+
+def _connect_signature(klass):
+    # The keyword arguments router.<name>() accepts: those of the options
+    # class's constructors up its bases, for as long as each passes **kwargs
+    # on, plus via= and name=.
+    import inspect
+    params = [inspect.Parameter('via', inspect.Parameter.KEYWORD_ONLY,
+                                default=None),
+              inspect.Parameter('name', inspect.Parameter.KEYWORD_ONLY,
+                                default=None)]
+    seen = set(['self', 'via', 'name'] + list(_ROUTER_SUPPLIED_OPTIONS))
+    for cls in klass.options_class.__mro__:
+        init = cls.__dict__.get('__init__')
+        if init is None:
+            continue
+        passes_on = False
+        for p in inspect.signature(init).parameters.values():
+            if p.kind == p.VAR_KEYWORD:
+                passes_on = True
+            elif p.kind != p.VAR_POSITIONAL and p.name not in seen:
+                seen.add(p.name)
+                params.append(p.replace(kind=p.KEYWORD_ONLY))
+        if not passes_on:
+            break
+    return_annotation = 'mitogen.parent.Context'
+    return inspect.Signature(params, return_annotation=return_annotation)
+
+
+def _connect_method(router, name, klass):
+    """``router.<name>``: a function with the signature and documentation of
+    connection method `name`."""
+    def method(**kwargs):
+        return router.connect(name, **kwargs)
+    method.__name__ = str(name)
+    method.__qualname__ = '%s.%s' % (type(router).__name__, name)
+    method.__doc__ = (
+        'Start a child context with the %r connection method (%s.%s) and '
+        'return its :class:`Context`; `via` starts it from another '
+        'context, `name` names it.\n\n%s' % (
+            name, klass.__module__, klass.__name__,
+            _dedent_doc(klass.options_class.__doc__)))
+    if mitogen.is_master:
+        try:
+            method.__signature__ = _connect_signature(klass)
+        except (TypeError, ValueError):
+            LOG.debug('no signature for %r', klass, exc_info=True)
+    return method
+
+
+def _dedent_doc(doc):
+    if not doc:
+        return ''
+    lines = doc.expandtabs().splitlines()
+    indents = [len(line) - len(line.lstrip()) for line in lines[1:]
+               if line.strip()]
+    cut = min(indents) if indents else 0
+    return '\n'.join([lines[0].strip()] + [line[cut:] for line in lines[1:]])
 
 
 class Router(mitogen.core.Router):
@@ -1142,16 +1362,29 @@ class Router(mitogen.core.Router):
 
     def __getattr__(self, name):
         # router.<method>(**kwargs) for every installed connection method,
-        # including third-party ones.
+        # including third-party ones. Only AttributeError may escape, so
+        # that hasattr() and getattr(router, name, default) keep working.
         if name.startswith('_'):
             raise AttributeError(name)
         try:
-            resolve_transport(name)
-        except mitogen.core.Error:
-            raise AttributeError('%r has no attribute %r and no connection '
-                                 'method of that name is installed'
-                                 % (type(self).__name__, name))
-        return lambda **kwargs: self.connect(name, **kwargs)
+            klass = resolve_transport(name)
+        except TransportUnavailable as e:
+            raise AttributeError('%r object has no attribute %r: %s'
+                                 % (type(self).__name__, name, e))
+        except Exception as e:
+            raise AttributeError('%r object has no attribute %r: connection '
+                                 'method %r failed to load: %s: %s'
+                                 % (type(self).__name__, name, name,
+                                    type(e).__name__, e))
+        return _connect_method(self, name, klass)
+
+    def __dir__(self):
+        names = set(dir(type(self)))
+        names.update(self.__dict__)
+        for name in transport_names():
+            if _IDENTIFIER.match(name):
+                names.add(name)
+        return sorted(names)
 
     def _on_stream_shutdown(self, stream):
         if stream.protocol.is_privileged:

@@ -56,6 +56,11 @@ import mitogen.core
 import mitogen.parent
 import mitogen.ssh
 from mitogen.core import LOG, now
+import mitogen.installation
+
+# This module exists only in this project: refuse to run on upstream
+# Mitogen's core, installed over ours.
+mitogen.installation.require_this_project()
 
 #: The same class as :class:`mitogen.ssh.HostKeyError`.
 HostKeyError = mitogen.ssh.HostKeyError
