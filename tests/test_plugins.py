@@ -2,15 +2,21 @@
 Connection methods are plugins: a third-party distribution that declares an
 entry point in the ``mitogen.transports`` group is found by
 ``router.connect(name)`` and ``router.<name>()``, and works through
-``via=``, where the intermediate imports it through the importer.
+``via=``, where the intermediate imports it through the importer. Every
+method, built-in or not, is listed by ``dir(router)`` and has the signature
+and documentation of its options; ``hasattr(router, name)`` never raises;
+two distributions registering one name get a warning naming both.
 """
+import inspect
 import json
 import os
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
+import mitogen.parent
 import sites
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -63,3 +69,103 @@ def test_third_party_method_works_through_an_intermediate(results):
 def test_unknown_method_is_a_clear_error(results):
     assert "no connection method named 'no-such-method'" in results['missing']
     assert 'no_such_method' in results['missing_attr']
+
+
+def test_third_party_method_is_listed_by_dir(results):
+    assert results['in_dir'] is True
+
+
+def test_third_party_method_has_the_signature_of_its_options(results):
+    assert results['signature'].startswith(
+        "(*, via=None, name=None, label='example', env_path='/usr/bin/env', ")
+    assert 'python_path=None' in results['signature']
+
+
+def test_third_party_method_has_the_documentation_of_its_options(results):
+    assert "'example' connection method" in results['doc']
+    assert 'value given to ``MITOGEN_EXAMPLE_LABEL``' in results['doc']
+
+
+@pytest.mark.parametrize('name', ['local', 'fork', 'sudo', 'su', 'doas',
+                                  'ssh', 'paramiko'])
+def test_every_installed_method_is_listed_by_dir(router, name):
+    assert name in dir(router)
+
+
+def test_method_attribute_has_the_signature_of_its_options(router):
+    parameters = inspect.signature(router.ssh).parameters
+
+    assert parameters['hostname'].default is inspect.Parameter.empty
+    assert parameters['check_host_keys'].default == 'enforce'
+    assert all(p.kind == p.KEYWORD_ONLY for p in parameters.values())
+    assert 'max_message_size' not in parameters
+
+
+def test_method_attribute_documents_the_method(router):
+    doc = router.sudo.__doc__
+
+    assert "'sudo' connection method (mitogen.sudo.Connection)" in doc
+    assert ':param str sudo_path:' in doc
+    assert router.sudo.__name__ == 'sudo'
+
+
+def test_hasattr_is_false_for_an_unknown_method(router):
+    assert hasattr(router, 'no_such_method') is False
+    assert getattr(router, 'no_such_method', 'absent') == 'absent'
+
+
+def test_hasattr_is_false_for_a_method_whose_module_fails_to_import(
+        router, monkeypatch):
+    monkeypatch.setitem(mitogen.parent.BUILTIN_TRANSPORTS, 'broken',
+                        'no_such_module_anywhere:Connection')
+
+    assert hasattr(router, 'broken') is False
+
+
+# Two distributions, each registering a connection method named "dup".
+DUPLICATE_SITE = {
+    'first_dup-1.0.dist-info/METADATA':
+        'Metadata-Version: 2.1\nName: first-dup\nVersion: 1.0\n',
+    'first_dup-1.0.dist-info/entry_points.txt':
+        '[mitogen.transports]\ndup = mitogen.local:Connection\n',
+    'second_dup-1.0.dist-info/METADATA':
+        'Metadata-Version: 2.1\nName: second-dup\nVersion: 1.0\n',
+    'second_dup-1.0.dist-info/entry_points.txt':
+        '[mitogen.transports]\ndup = mitogen.sudo:Connection\n',
+}
+
+DUPLICATE_PROGRAM = textwrap.dedent('''
+    import json, sys, warnings
+    sys.path.insert(0, sys.argv[1])
+    import mitogen.parent
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        cls = mitogen.parent.resolve_transport('dup')
+        mitogen.parent._transport_cache.clear()
+        mitogen.parent.resolve_transport('dup')
+    print(json.dumps({
+        'chosen': '%s:%s' % (cls.__module__, cls.__name__),
+        'warnings': [[w.category.__name__, str(w.message)] for w in caught],
+    }))
+''')
+
+
+def test_two_distributions_registering_one_name_warn_naming_both(tmp_path):
+    for relative, text in DUPLICATE_SITE.items():
+        path = tmp_path / relative
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+
+    out = subprocess.check_output(
+        [sys.executable, '-c', DUPLICATE_PROGRAM, str(tmp_path)])
+    found = json.loads(out.decode().splitlines()[-1])
+
+    [[category, message]] = found['warnings']
+    assert category == 'RuntimeWarning'
+    assert 'first-dup (mitogen.local:Connection)' in message
+    assert 'second-dup (mitogen.sudo:Connection)' in message
+    # The one used is the one the warning names, every time.
+    chosen = {'first-dup': 'mitogen.local:Connection',
+              'second-dup': 'mitogen.sudo:Connection'}[
+        message.split('using the one from ')[1].split('.')[0]]
+    assert found['chosen'] == chosen

@@ -1,5 +1,6 @@
 """Master program for tests/test_plugins.py: run with the example transport
 installed on its sys.path (only there). Prints one JSON line of results."""
+import inspect
 import json
 import os
 import sys
@@ -29,6 +30,9 @@ def run(router):
         router.no_such_method
     except AttributeError as e:
         out['missing_attr'] = str(e)
+    out['in_dir'] = 'example' in dir(router)
+    out['signature'] = str(inspect.signature(router.example))
+    out['doc'] = router.example.__doc__
     return out
 
 

@@ -106,13 +106,15 @@ def likely_fix(text):
 
 def describe_interpreter():
     """Runs in the context being checked: what and where it is."""
+    # Text keys and values: a 2.7 child's str would arrive as bytes.
+    text = mitogen.core.to_text
     return {
-        'executable': sys.executable,
-        'implementation': platform.python_implementation(),
-        'version': platform.python_version(),
-        'host': socket.gethostname(),
-        'pid': os.getpid(),
-        'uid': os.getuid(),
+        u'executable': text(sys.executable or ''),
+        u'implementation': text(platform.python_implementation()),
+        u'version': text(platform.python_version()),
+        u'host': text(socket.gethostname()),
+        u'pid': os.getpid(),
+        u'uid': os.getuid(),
     }
 
 
@@ -151,8 +153,17 @@ def parse_hop(text):
         key, eq, value = item.partition('=')
         if not eq or not key:
             raise UsageError('%r: %r is not KEY=VALUE' % (text, item))
-        kwargs['python_path' if key == 'python' else key] = value
+        kwargs['python_path' if key == 'python' else key] = _value(value)
     return method, kwargs
+
+
+def _value(text):
+    # Options that are flags or counts arrive as text on a command line.
+    if text.lower() in ('true', 'false'):
+        return text.lower() == 'true'
+    if text.isdigit():
+        return int(text)
+    return text
 
 
 class Progress(object):

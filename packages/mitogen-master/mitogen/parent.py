@@ -364,8 +364,9 @@ def _describe_uncached(fn):
 
 def _check_reachable(obj, modname, qualname):
     module = sys.modules.get(modname)
-    if modname == '__main__' and mitogen.is_master and not isinstance(
-            getattr(module, '__file__', None), str):
+    main_file = getattr(module, '__file__', None)
+    if modname == '__main__' and mitogen.is_master and not (
+            isinstance(main_file, str) and os.path.isfile(main_file)):
         raise TypeError(
             'cannot call %r remotely: it was defined in a program with no '
             'source file (python -c, python - < file, or an interactive '
