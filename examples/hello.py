@@ -29,7 +29,7 @@ def describe(greeting):
     )
 
 
-def main():
+def main() -> None:
     if '--log' in sys.argv[1:]:
         # Sends the library's log records (and the children's, which are
         # forwarded to the master) to a file; DEBUG shows every message.

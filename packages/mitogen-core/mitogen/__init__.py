@@ -9,6 +9,12 @@ directory) or in development mode (one directory per distribution).
 
 import os as _os
 
+# Type comments (PEP 484) describe the API: this module must compile on
+# Python 2.7 too.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable
+
 from mitogen import installation as _installation
 
 # Refuse to run on a package that upstream Mitogen's files share, and keep
@@ -42,6 +48,7 @@ parent_ids = []
 
 
 def main(log_level='INFO', profiling=False):
+    # type: (str, bool) -> Callable[[Callable[[Any], Any]], Any]
     """
     Decorator that runs the decorated function as a program's entry point
     with a fresh :class:`mitogen.master.Router`, when the module is run as a

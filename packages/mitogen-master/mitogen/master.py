@@ -20,6 +20,7 @@ import sys
 import sysconfig
 import types
 import zlib
+from typing import Any
 
 import mitogen
 import mitogen.core
@@ -1286,7 +1287,7 @@ class Broker(mitogen.core.Broker):
     """
     shutdown_timeout = 5.0
 
-    def __init__(self, install_watcher=True, **kwargs):
+    def __init__(self, install_watcher: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if install_watcher:
             atexit.register(self._shutdown_at_exit)
@@ -1313,7 +1314,8 @@ class Router(mitogen.parent.Router):
     """
     broker_class = Broker
 
-    def __init__(self, broker=None, max_message_size=None):
+    def __init__(self, broker: Broker | None = None,
+                 max_message_size: int | None = None) -> None:
         if broker is None:
             broker = self.broker_class()
         if max_message_size:
@@ -1322,7 +1324,7 @@ class Router(mitogen.parent.Router):
         self.responder = ModuleResponder(self)
         self.log_forwarder = LogForwarder(self)
 
-    def enable_debug(self):
+    def enable_debug(self) -> None:
         """Log at DEBUG level in this process and every child started after
         this call."""
         logging.getLogger('mitogen').setLevel(logging.DEBUG)

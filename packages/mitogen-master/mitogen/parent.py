@@ -34,6 +34,13 @@ import mitogen
 import mitogen.core
 from mitogen.core import LOG, now, to_text
 
+# Type comments (PEP 484) describe the public API for type checkers and
+# IDEs: annotations are syntax a 2.7 child cannot compile.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Optional, TypeVar
+    _RouterT = TypeVar('_RouterT', bound='Router')
+
 #: Seconds by which a child's shutdown deadline precedes its parent's.
 SHUTDOWN_MARGIN = 1.5
 
@@ -482,11 +489,13 @@ class CallChain(object):
         )
 
     def call_no_reply(self, fn, *args, **kwargs):
+        # type: (Callable[..., Any], *Any, **Any) -> None
         """Call `fn` without waiting for, or receiving, a result."""
         msg = self.make_msg(fn, *args, **kwargs)
         self.context.send(msg)
 
     def call_async(self, fn, *args, **kwargs):
+        # type: (Callable[..., Any], *Any, **Any) -> mitogen.core.Receiver
         """Start a call; return a :class:`mitogen.core.Receiver` whose
         :meth:`~mitogen.core.Receiver.get` returns a message whose
         :meth:`~mitogen.core.Message.unpickle` gives the result or raises
@@ -495,6 +504,7 @@ class CallChain(object):
         return self.context.send_async(msg)
 
     def call(self, fn, *args, **kwargs):
+        # type: (Callable[..., Any], *Any, **Any) -> Any
         """Call `fn(*args, **kwargs)` in the context and return its result.
 
         :raises mitogen.core.CallError: the function raised.
@@ -514,18 +524,22 @@ class Context(mitogen.core.Context):
         self.default_call_chain = CallChain(self)
 
     def call_async(self, fn, *args, **kwargs):
+        # type: (Callable[..., Any], *Any, **Any) -> mitogen.core.Receiver
         """See :meth:`CallChain.call_async`."""
         return self.default_call_chain.call_async(fn, *args, **kwargs)
 
     def call(self, fn, *args, **kwargs):
+        # type: (Callable[..., Any], *Any, **Any) -> Any
         """See :meth:`CallChain.call`."""
         return self.default_call_chain.call(fn, *args, **kwargs)
 
     def call_no_reply(self, fn, *args, **kwargs):
+        # type: (Callable[..., Any], *Any, **Any) -> None
         """See :meth:`CallChain.call_no_reply`."""
         self.default_call_chain.call_no_reply(fn, *args, **kwargs)
 
     def shutdown(self, wait=False):
+        # type: (bool) -> Optional[mitogen.core.Latch]
         """Ask the context to shut down gracefully.
 
         :param bool wait: when true, return after the context disconnected
@@ -1240,13 +1254,16 @@ class Router(mitogen.core.Router):
             reply_to=handle))
 
     def __enter__(self):
+        # type: (_RouterT) -> _RouterT
         return self
 
     def __exit__(self, e_type, e_val, tb):
+        # type: (Any, Any, Any) -> None
         self.broker.shutdown()
         self.broker.join()
 
     def connect(self, method_name, name=None, **kwargs):
+        # type: (str, Optional[str], **Any) -> Context
         """Start a child with connection method `method_name` and return its
         :class:`Context`."""
         klass = resolve_transport(method_name)
@@ -1353,15 +1370,18 @@ class Router(mitogen.core.Router):
                                     lambda: self._watch_process(stream, proc))
 
     def local(self, **kwargs):
+        # type: (**Any) -> Context
         """Start a child Python on this machine; see :class:`Options`."""
         return self.connect(u'local', **kwargs)
 
     def fork(self, **kwargs):
+        # type: (**Any) -> Context
         """Fork this process (or, with `via=`, another context) into a new
         child context; see :class:`mitogen.fork.Options`."""
         return self.connect(u'fork', **kwargs)
 
     def __getattr__(self, name):
+        # type: (str) -> Callable[..., Context]
         # router.<method>(**kwargs) for every installed connection method,
         # including third-party ones. Only AttributeError may escape, so
         # that hasattr() and getattr(router, name, default) keep working.

@@ -12,6 +12,13 @@ import sys
 import mitogen
 import mitogen.core
 
+# Type comments (PEP 484) describe the API: this module runs in children,
+# which may be Python 2.7.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Optional, TypeVar
+    _T = TypeVar('_T')
+
 _LOG_FORMAT = '%(asctime)s %(levelname).1s %(name)s: %(message)s'
 _DATE_FORMAT = '%H:%M:%S'
 
@@ -39,6 +46,7 @@ def _levelname_to_levels(name, default=logging.WARNING):
 
 
 def log_to_file(path=None, io=False, level='INFO'):
+    # type: (Optional[str], bool, str) -> None
     """Send log output of this process, and of every child (it arrives on
     loggers named ``mitogen.ctx.<context name>``), to `path` or stderr.
     Sets the levels of every logger of :data:`mitogen.core.LOGGERS` (see
@@ -71,6 +79,7 @@ def log_to_file(path=None, io=False, level='INFO'):
 
 
 def run_with_router(func, *args, **kwargs):
+    # type: (Callable[..., _T], *Any, **Any) -> _T
     """Call `func(router, *args, **kwargs)` with a new
     :class:`mitogen.master.Router`, shutting it down afterwards."""
     import mitogen.master
@@ -84,6 +93,7 @@ def run_with_router(func, *args, **kwargs):
 
 
 def with_router(func):
+    # type: (Callable[..., _T]) -> Callable[..., _T]
     """Decorator form of :func:`run_with_router`: the decorated function is
     called with a new router as its first argument."""
     def wrapper(*args, **kwargs):
