@@ -6,6 +6,7 @@ works vendored alone; every module that runs in a child compiles on every
 child interpreter (checked, not assumed).
 """
 import glob
+import base64
 import email
 import importlib.metadata
 import json
@@ -349,6 +350,7 @@ def test_local_transport_is_registered_as_an_entry_point():
 # -- vendoring core.py -----------------------------------------------------
 
 VENDORED_SCRIPT = r'''
+import base64
 import datetime
 import decimal
 import json
@@ -416,15 +418,44 @@ def serialization():
     }
 
 
+def interop():
+    # Values for and from a peer running the real mitogen.core: the
+    # vendored copy must write and read this module's types under that
+    # name, not its own.
+    value = {u'blob': core.Blob(b'b' * 100), u'big': core.Blob(b'x' * 70000),
+             u'secret': core.Secret(u'pw'), u'kwargs': core.Kwargs({u'k': 1}),
+             u'error': core.CallError(u'boom')}
+    flags, body = core.serialize(value)
+    peer_flags, peer_body = sys.argv[1].split(':')
+    received = core.deserialize(int(peer_flags),
+                                base64.b64decode(peer_body.encode('ascii')))
+    return {
+        'sent': '%d:%s' % (flags, base64.b64encode(body).decode('ascii')),
+        'received': sorted('%s=%s' % (k, type(v).__name__)
+                           for k, v in received.items()),
+    }
+
+
 result = {
     'version': list(sys.version_info[:2]),
     'codec': codec(),
     'serialization': serialization(),
+    'interop': interop(),
     'mitogen_modules': sorted(
         n for n in sys.modules if n == 'mitogen' or n.startswith('mitogen.')),
 }
 print(json.dumps(result))
 '''
+
+
+def normal_peer_value():
+    """A value serialized by this (normal) mitogen.core, as the vendored
+    script's argument ``flags:base64``."""
+    flags, body = mitogen.core.serialize({
+        'blob': mitogen.core.Blob(b'b'), 'secret': mitogen.core.Secret('s'),
+        'kwargs': mitogen.core.Kwargs({'k': 1}),
+        'error': mitogen.core.CallError('boom')})
+    return '%d:%s' % (flags, base64.b64encode(body).decode('ascii'))
 
 
 @pytest.fixture
@@ -447,8 +478,8 @@ def test_vendored_core_works_alone_without_importing_mitogen(
         interpreter, vendored_app):
     # -E: no PYTHONPATH; -S: no site-packages, so nothing named mitogen is
     # installed; the script's directory is sys.path[0].
-    out = last_json(run([interpreter.path, '-E', '-S', 'check.py'],
-                        cwd=str(vendored_app)))
+    out = last_json(run([interpreter.path, '-E', '-S', 'check.py',
+                         normal_peer_value()], cwd=str(vendored_app)))
 
     assert out['version'] == [int(n) for n in interpreter.version.split('.')]
     assert out['mitogen_modules'] == []
@@ -456,6 +487,24 @@ def test_vendored_core_works_alone_without_importing_mitogen(
     assert out['serialization'] == {
         'equal': True, 'blob': True, 'out_of_band': True,
         'refused': 'StreamError'}
+
+
+@pytest.mark.parametrize('interpreter', interpreters.params(
+    ['2.7', '3.6', '3.13']), indirect=True)
+def test_vendored_core_exchanges_values_with_a_normal_peer(
+        interpreter, vendored_app):
+    out = last_json(run([interpreter.path, '-E', '-S', 'check.py',
+                         normal_peer_value()], cwd=str(vendored_app)))
+    sent_flags, sent_body = out['interop']['sent'].split(':')
+    sent = mitogen.core.deserialize(int(sent_flags),
+                                    base64.b64decode(sent_body))
+
+    assert out['interop']['received'] == [
+        'blob=Blob', 'error=CallError', 'kwargs=Kwargs', 'secret=Secret']
+    assert {k: type(v).__name__ for k, v in sent.items()} == {
+        'blob': 'Blob', 'big': 'Blob', 'secret': 'Secret',
+        'kwargs': 'Kwargs', 'error': 'CallError'}
+    assert sent['big'] == b'x' * 70000 and str(sent['error']) == 'boom'
 
 
 # -- every module compiles where it runs -----------------------------------

@@ -1048,7 +1048,12 @@ def serialize_parts(obj):
     objects, uncopied."""
     if not _needs_oob(obj, [64]):
         try:
-            body = _pickle_impl.dumps(obj, 2)
+            if _VENDORED:
+                fp = BytesIO()
+                _CanonicalPickler(fp, 2).dump(obj)
+                body = fp.getvalue()
+            else:
+                body = _pickle_impl.dumps(obj, 2)
         except (pickle.PicklingError, TypeError, AttributeError) as e:
             raise StreamError('cannot serialize %s: %s' % (
                 _short_repr(obj), e))
@@ -1067,7 +1072,10 @@ def serialize_parts(obj):
 
     fp = BytesIO()
     try:
-        if PY3:
+        if _VENDORED:
+            p = _CanonicalPickler(fp, 2)
+            p.persistent_id_func = persistent_id
+        elif PY3:
             p = _Py3Pickler(fp, 2)
             p.persistent_id_func = persistent_id
         else:
@@ -1097,6 +1105,43 @@ def serialize_parts(obj):
         parts.append(b''.join(pending))
     size = sum(len(p) for p in parts)
     return FLAG_OOB, parts, size
+
+
+#: True when this file was imported under another name than mitogen.core:
+#: copied into an application (``yourapp/_vendor/mitogen_core.py``).
+_VENDORED = __name__ != 'mitogen.core'
+_PurePickler = getattr(pickle, '_Pickler', pickle.Pickler)
+
+
+class _CanonicalPickler(_PurePickler):
+    """A pure-Python pickler that writes the types and functions of this
+    module (:class:`Blob`, :class:`Secret`, :class:`Kwargs`,
+    :class:`CallError`, ...) under the name every peer knows,
+    ``mitogen.core``, instead of the name a vendored copy was imported
+    under, which no peer would allow. Used only by a vendored copy: the C
+    pickler cannot be told to."""
+    persistent_id_func = None
+
+    def persistent_id(self, obj):
+        if self.persistent_id_func is None:
+            return None
+        return self.persistent_id_func(obj)
+
+    def save_global(self, obj, name=None, *args):
+        if getattr(obj, '__module__', None) != __name__:
+            return _PurePickler.save_global(self, obj, name, *args)
+        name = name or obj.__name__
+        self.write(pickle.GLOBAL + b'mitogen.core\n' + name.encode('ascii')
+                   + b'\n')
+        self.memoize(obj)
+
+    # The dispatch table holds the base class's function for functions
+    # and (on Python 2) classes: point those entries at the method above.
+    dispatch = dict(_PurePickler.dispatch)
+    for _type, _func in list(dispatch.items()):
+        if _func is _PurePickler.__dict__['save_global']:
+            dispatch[_type] = save_global
+    del _type, _func
 
 
 def _short_repr(obj):
