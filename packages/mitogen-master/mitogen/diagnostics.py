@@ -24,6 +24,7 @@ import os
 import platform
 import socket
 import sys
+import textwrap
 import threading
 import time
 
@@ -45,10 +46,6 @@ _USER_METHODS = ('sudo', 'su', 'doas')
 #: run. ``docs/troubleshooting.rst`` explains each.
 LIKELY_FIXES = (
     ('Host key verification failed',
-     'the host key is unknown or has changed: connect once with ssh to '
-     'check and accept it, or pass check_host_keys=accept to accept new '
-     'hosts'),
-    ('host key',
      'the host key is unknown or has changed: connect once with ssh to '
      'check and accept it, or pass check_host_keys=accept to accept new '
      'hosts'),
@@ -296,14 +293,16 @@ def check_hops(router, hops, out, timeout=None):
                 type(e).__name__, str(e).replace('\n', '\n    ')))
             fix = likely_fix(str(e))
             if fix:
-                out.write('    likely fix: %s\n' % (fix,))
+                out.write(textwrap.fill(fix, 78,
+                                        initial_indent='    likely fix: ',
+                                        subsequent_indent='        ') + '\n')
             for rest in hops[number:]:
                 out.write('[-/%d] %s: not tried\n' % (len(hops), rest[0]))
             out.flush()
             return False
         elapsed = progress.stop()
-        out.write('%s: ok in %.2f s: %s %s (%s) on %s, pid %d, uid %d, '
-                  'context %s\n' % (
+        out.write('%s: ok in %.2f s\n    %s %s at %s on %s (pid %d, uid %d),'
+                  ' context %s\n' % (
                       label, elapsed, info['implementation'],
                       info['version'], info['executable'], info['host'],
                       info['pid'], info['uid'], context.name))

@@ -17,6 +17,7 @@ class Options(mitogen.parent.Options):
 
     :param str label: value given to ``MITOGEN_EXAMPLE_LABEL`` in the
         child's environment.
+    :param str env_path: the ``env`` program that sets it.
     """
 
     def __init__(self, label=u'example', env_path='/usr/bin/env', **kwargs):
