@@ -13,7 +13,7 @@ import os as _os
 # Python 2.7 too.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable
+    from typing import Any, Callable  # noqa: F401 (type comments)
 
 from mitogen import installation as _installation
 

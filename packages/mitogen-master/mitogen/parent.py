@@ -38,7 +38,7 @@ from mitogen.core import LOG, now, to_text
 # IDEs: annotations are syntax a 2.7 child cannot compile.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable, Optional, TypeVar
+    from typing import Any, Callable, Optional, TypeVar  # noqa: F401 (type comments)
     _RouterT = TypeVar('_RouterT', bound='Router')
 
 #: Seconds by which a child's shutdown deadline precedes its parent's.

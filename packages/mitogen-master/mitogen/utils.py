@@ -16,7 +16,7 @@ import mitogen.core
 # which may be Python 2.7.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable, Optional, TypeVar
+    from typing import Any, Callable, Optional, TypeVar  # noqa: F401 (type comments)
     _T = TypeVar('_T')
 
 _LOG_FORMAT = '%(asctime)s %(levelname).1s %(name)s: %(message)s'
