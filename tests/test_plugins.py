@@ -92,6 +92,14 @@ def test_every_installed_method_is_listed_by_dir(router, name):
     assert name in dir(router)
 
 
+def test_built_in_local_method_has_the_signature_of_its_options(router):
+    parameters = inspect.signature(router.local).parameters
+
+    assert {'via', 'name', 'python_path', 'connect_timeout'} <= set(
+        parameters)
+    assert "'local' connection method" in router.local.__doc__
+
+
 def test_method_attribute_has_the_signature_of_its_options(router):
     parameters = inspect.signature(router.ssh).parameters
 

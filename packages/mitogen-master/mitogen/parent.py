@@ -1165,11 +1165,17 @@ def _connect_method(router, name, klass):
             name, klass.__module__, klass.__name__,
             _dedent_doc(klass.options_class.__doc__)))
     if mitogen.is_master:
-        try:
-            method.__signature__ = _connect_signature(klass)
-        except (TypeError, ValueError):
-            LOG.debug('no signature for %r', klass, exc_info=True)
+        signature = _signatures.get(klass)
+        if signature is None:
+            try:
+                signature = _signatures[klass] = _connect_signature(klass)
+            except (TypeError, ValueError):
+                LOG.debug('no signature for %r', klass, exc_info=True)
+        method.__signature__ = signature
     return method
+
+
+_signatures = {}
 
 
 def _dedent_doc(doc):
@@ -1369,22 +1375,13 @@ class Router(mitogen.core.Router):
         self.broker.timers.schedule(self.process_check_interval,
                                     lambda: self._watch_process(stream, proc))
 
-    def local(self, **kwargs):
-        # type: (**Any) -> Context
-        """Start a child Python on this machine; see :class:`Options`."""
-        return self.connect(u'local', **kwargs)
-
-    def fork(self, **kwargs):
-        # type: (**Any) -> Context
-        """Fork this process (or, with `via=`, another context) into a new
-        child context; see :class:`mitogen.fork.Options`."""
-        return self.connect(u'fork', **kwargs)
-
     def __getattr__(self, name):
         # type: (str) -> Callable[..., Context]
         # router.<method>(**kwargs) for every installed connection method,
-        # including third-party ones. Only AttributeError may escape, so
-        # that hasattr() and getattr(router, name, default) keep working.
+        # built-in (local, fork, sudo, ...) or third-party, each with the
+        # signature and documentation of its options. Only AttributeError
+        # may escape, so that hasattr() and getattr(router, name, default)
+        # keep working.
         if name.startswith('_'):
             raise AttributeError(name)
         try:
