@@ -25,9 +25,10 @@ PACKAGES = os.path.join(ROOT, 'packages')
 CACHE_DIR = os.path.join(HERE, '.cache')
 
 #: Every distribution of the workspace: a folder of packages/ with a
-#: pyproject.toml.
+#: pyproject.toml (none when this module is loaded outside the checkout, as
+#: the nested test runs of test_infra do).
 DISTRIBUTIONS = sorted(
-    d for d in os.listdir(PACKAGES)
+    d for d in (os.listdir(PACKAGES) if os.path.isdir(PACKAGES) else ())
     if os.path.isfile(os.path.join(PACKAGES, d, 'pyproject.toml')))
 
 
