@@ -916,9 +916,6 @@ def _warm_codecs():
 
 
 def _init_allowed():
-    import datetime
-    import decimal
-    import uuid
     builtins = ('__builtin__', 'builtins')
     for obj in (set, frozenset, complex, object):
         _allow(builtins, obj.__name__, obj)
@@ -930,18 +927,55 @@ def _init_allowed():
     _allow(('_codecs',), 'encode', _safe_codecs_encode)
     _allow(builtins, 'bytes', _safe_empty_bytes)
     _allow(('copy_reg', 'copyreg'), '_reconstructor', _safe_reconstructor)
-    for name in ('datetime', 'date', 'time', 'timedelta', 'tzinfo'):
-        _allow(('datetime',), name, getattr(datetime, name))
-    if hasattr(datetime, 'timezone'):
-        _allow(('datetime',), 'timezone', datetime.timezone)
-    _allow(('decimal', '_decimal', '_pydecimal'), 'Decimal',
-           _py2_text_args(decimal.Decimal, 0))
-    _allow(('uuid',), 'UUID', uuid.UUID)
+    for name in ('datetime', 'date', 'time', 'timedelta', 'tzinfo',
+                 'timezone'):
+        _allow_lazy(('datetime',), name, 'datetime', name)
+    _allow_lazy(('decimal', '_decimal', '_pydecimal'), 'Decimal', 'decimal',
+                'Decimal', lambda cls: _py2_text_args(cls, 0))
+    _allow_lazy(('uuid',), 'UUID', 'uuid', 'UUID')
     if not PY3:
+        # The broker thread of Python 2 must never import (see
+        # _warm_codecs): resolve them all now.
+        for key in list(_LAZY_GLOBALS):
+            try:
+                _resolve_lazy(*key)
+            except StreamError:
+                pass
         # Python 2 pickles a UUID as its attribute dict, whose byte-string
         # key Python 3 refuses; send it as the call UUID(int=...) instead.
-        import copy_reg
-        copy_reg.pickle(uuid.UUID, _reduce_uuid)
+        if ('uuid', 'UUID') in _ALLOWED_GLOBALS:
+            import copy_reg
+            copy_reg.pickle(_ALLOWED_GLOBALS['uuid', 'UUID'], _reduce_uuid)
+
+
+# Allowed globals whose module is imported when a message first names one:
+# minimal interpreters (Debian's python3-minimal) have no decimal or uuid,
+# and every context would otherwise pay for importing them at start.
+# (pickled module, name) -> (module to import, attribute, wrapper or None).
+_LAZY_GLOBALS = {}
+
+
+def _allow_lazy(module_names, name, import_name, attr, wrap=None):
+    for module in module_names:
+        _LAZY_GLOBALS[(module, name)] = (import_name, attr, wrap)
+
+
+def _resolve_lazy(module, name):
+    """The allowed global `module.name` of :data:`_LAZY_GLOBALS`, imported
+    now, or None if it is not one of them."""
+    spec = _LAZY_GLOBALS.get((module, name))
+    if spec is None:
+        return None
+    import_name, attr, wrap = spec
+    try:
+        obj = getattr(__import__(import_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise StreamError('cannot unpickle %s.%s: this interpreter lacks it '
+                          '(%s)' % (module, name, e))
+    if wrap is not None:
+        obj = wrap(obj)
+    _ALLOWED_GLOBALS[(module, name)] = obj
+    return obj
 
 
 def _reduce_uuid(u):
@@ -1208,7 +1242,8 @@ def deserialize(flags, data, router=None):
             raise StreamError('corrupt out-of-band table')
 
     def find_class(module, name):
-        obj = _ALLOWED_GLOBALS.get((module, name))
+        obj = _ALLOWED_GLOBALS.get((module, name)) or \
+            _resolve_lazy(module, name)
         if obj is not None:
             return obj
         if module == 'mitogen.core' or module == __name__:

@@ -236,7 +236,17 @@ def _take_terminal():
     fcntl.ioctl(2, termios.TIOCSCTTY, 0)
 
 
-def spawn(argv, pty=None, tty_setup=None):
+def _setsid_then(preexec_fn):
+    if preexec_fn is None:
+        return os.setsid
+
+    def both():
+        os.setsid()
+        preexec_fn()
+    return both
+
+
+def spawn(argv, pty=None, tty_setup=None, preexec_fn=None, env=None):
     """Start `argv` in a session of its own; return
     `(proc, fd, stderr_fd, tty_fd)`.
 
@@ -249,9 +259,13 @@ def spawn(argv, pty=None, tty_setup=None):
         pty master as well.
     :param tty_setup: called with the pty slave before the program starts
         (e.g. to turn echo off or set raw mode).
+    :param preexec_fn: called in the child between fork and exec, after it
+        became a session leader (e.g. to enter namespaces); only without
+        `pty`.
+    :param dict env: the program's environment; default: this process's.
     """
     master = slave = parent_sock = child_sock = err_r = err_w = None
-    kwargs = dict(close_fds=True)
+    kwargs = dict(close_fds=True, env=env)
     try:
         if pty is not None:
             master, slave = os.openpty()
@@ -262,8 +276,9 @@ def spawn(argv, pty=None, tty_setup=None):
             kwargs['preexec_fn'] = _take_terminal
         elif mitogen.core.PY3:
             kwargs['start_new_session'] = True
+            kwargs['preexec_fn'] = preexec_fn
         else:
-            kwargs['preexec_fn'] = os.setsid
+            kwargs['preexec_fn'] = _setsid_then(preexec_fn)
         if pty == 'stdio':
             kwargs['stdin'] = kwargs['stdout'] = slave
         else:
