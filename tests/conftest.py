@@ -21,7 +21,8 @@ import mitogen.master
 # users: the test accounts and sudo/doas rules (test_users, user_python).
 # sites: throwaway packages on the master's sys.path (master_site).
 # dists: the distributions built into sdists and wheels (built_dists).
-pytest_plugins = ['pytester', 'sshd', 'users', 'sites', 'dists']
+# containers: a real podman container (podman_container).
+pytest_plugins = ['pytester', 'sshd', 'users', 'sites', 'dists', 'containers']
 
 
 def pytest_configure(config):

@@ -1,7 +1,9 @@
 """
 Conformance suite: every connection method passes the same tests,
-unchanged -- local, fork, ssh (OpenSSH client), paramiko, sudo, su and the
-third-party example plugin of ``tests/example_transport``.
+unchanged -- local, fork, ssh (OpenSSH client), paramiko, sudo, su, podman
+(a real container whose only Python is Debian's ``python3-minimal``, see
+:mod:`containers`) and the third-party example plugin of
+``tests/example_transport``.
 
 For each method a :class:`Transport` says how to start a child with it;
 the tests only use the public API on the context they get: a call returns,
@@ -29,6 +31,7 @@ import pytest
 import mitogen.core
 import mitogen.master
 import mitogen.parent
+import containers
 import sites
 from logcapture import Collect
 from support import conformance_funcs as funcs
@@ -48,7 +51,8 @@ MIB32 = 32 * 1024 * 1024
 MASTER_ONLY_PACKAGE = 'conformance_master_only'
 MASTER_ONLY_ANSWER = u'served by the master'
 
-METHODS = ['local', 'fork', 'ssh', 'paramiko', 'sudo', 'su', 'example']
+METHODS = ['local', 'fork', 'ssh', 'paramiko', 'sudo', 'su', 'podman',
+           'example']
 
 
 class Transport(object):
@@ -66,6 +70,12 @@ class Transport(object):
        only process the method starts.
     """
     kill = None
+
+    #: None, or ``host_pids(context)``: the PIDs on this machine of the
+    #: child and the programs between, for children whose own PIDs are
+    #: those of another PID namespace (containers).
+    host_pids = None
+
     def __init__(self, name, connect, stop_pids=()):
         self.name = name
         self._connect = connect
@@ -118,6 +128,14 @@ def make_transport(name, request):
             python_path=SYSTEM_PYTHON, connect_timeout=30),
             stop_pids=[sshd.proc.pid])
         transport.kill = kill_paramiko_connection
+        return transport
+    if name == 'podman':
+        container = request.getfixturevalue('podman_container')
+        transport = Transport(name, lambda router: router.podman(
+            container=container.name))
+        transport.kill = sigkill_process
+        transport.host_pids = lambda context: containers.host_lineage(
+            container, context.call(os.getpid))
         return transport
     users = request.getfixturevalue('test_users')
     if name == 'sudo':
@@ -221,8 +239,11 @@ def alive_after(pids, timeout=PROMPTLY):
 def processes_of(router, transport, context):
     """The child's PID, those of the programs between it and the master,
     and that of the local process the method started (ssh client, sudo,
-    su)."""
-    pids = set(context.call(funcs.lineage, transport.stop_pids))
+    su, podman)."""
+    if transport.host_pids is not None:
+        pids = set(transport.host_pids(context))
+    else:
+        pids = set(context.call(funcs.lineage, transport.stop_pids))
     conn = router.stream_by_id(context.context_id).conn
     if conn.pid is not None:
         pids.add(conn.pid)

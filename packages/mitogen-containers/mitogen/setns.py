@@ -20,9 +20,9 @@ one's (user, IPC, UTS, network, PID, cgroup, mount, in that order), makes
 the process's root directory its own (``chroot``), takes the identity of
 `username` from the container's ``/etc/passwd`` and ``/etc/group``, and
 executes the interpreter found in the container's ``PATH``. As ``setns(2)``
-moves only future children into a PID namespace, the interpreter keeps a
-PID of this machine's namespace; the processes it starts belong to the
-container's.
+moves only future children into a PID namespace, the process then forks:
+the interpreter runs in the container's PID namespace, and the process the
+master started waits for it and exits as it does.
 
 This needs root (``CAP_SYS_ADMIN`` and ``CAP_SYS_CHROOT``) and Linux. It
 uses :func:`os.setns` where Python has it (3.12+), else ``setns`` from the C
@@ -35,6 +35,7 @@ This module runs in children too, so it is written for Python 2.7 and 3.6+.
 
 from __future__ import absolute_import
 
+import errno
 import os
 import re
 import subprocess
@@ -138,9 +139,9 @@ def _read_db(root, name):
 def _identity(root, username):
     """`(uid, gid, groups, home, shell)` of `username` in the container
     whose root directory is `root`."""
-    for fields in _read_db(root, 'passwd'):
-        if len(fields) >= 7 and fields[0] == username:
-            uid, gid = int(fields[2]), int(fields[3])
+    for entry in _read_db(root, 'passwd'):
+        if len(entry) >= 7 and entry[0] == username:
+            uid, gid = int(entry[2]), int(entry[3])
             break
     else:
         raise mitogen.core.StreamError(
@@ -149,7 +150,7 @@ def _identity(root, username):
     for fields in _read_db(root, 'group'):
         if len(fields) >= 4 and username in fields[3].split(','):
             groups.append(int(fields[2]))
-    return uid, gid, groups, fields[5] or '/', fields[6] or '/bin/sh'
+    return uid, gid, groups, entry[5] or '/', entry[6] or '/bin/sh'
 
 
 def _libc_setns():
@@ -209,9 +210,35 @@ class _Entry(object):
             os.setgid(self.gid)
             os.setuid(self.uid)
             os.chdir('/')
+            if 'pid' in self.names:
+                step = 'forking into the PID namespace'
+                self._fork()
         except BaseException as e:
             os.write(2, ('setns: %s failed: %s\n' % (step, e)).encode('utf-8'))
             os._exit(1)
+
+    def _fork(self):
+        # Joining a PID namespace moves only the children made afterwards
+        # into it, and a process whose children would land in another PID
+        # namespace than its own cannot start threads, which the core
+        # needs. The interpreter therefore runs in a child made here; this
+        # process only waits for it and exits as it did. Every descriptor
+        # belongs to the interpreter alone: the connection, and the pipe
+        # on which subprocess waits for the exec.
+        pid = os.fork()
+        if pid == 0:
+            return
+        os.closerange(0, os.sysconf('SC_OPEN_MAX'))
+        while True:
+            try:
+                _, status = os.waitpid(pid, 0)
+                break
+            except OSError as e:
+                if e.args[0] != errno.EINTR:
+                    os._exit(1)
+        if os.WIFSIGNALED(status):
+            os._exit(128 + os.WTERMSIG(status))
+        os._exit(os.WEXITSTATUS(status))
 
 
 class Connection(mitogen.container.Connection):
