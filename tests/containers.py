@@ -11,6 +11,10 @@ kind of machine) and is named after this process, as several test sessions
 may share the machine. It is removed, with every process in it, when the
 session ends.
 
+``full_python_container`` is the same with this machine's pyenv Python
+3.11 mounted read-only at its own path (:data:`FULL_PYTHON`), for clients
+such as Ansible's modules that need the whole standard library.
+
 Tests are skipped, with the reason, when the suite does not run as root,
 podman is not installed or the root file system was not built.
 """
@@ -26,6 +30,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROOTFS = os.path.join(ROOT, 'tests', '.cache', 'rootfs-python3-minimal')
 #: The interpreter of the root file system.
 CONTAINER_PYTHON = 'python3'
+
+#: A complete interpreter of this machine, mounted into
+#: ``full_python_container`` at the same path (its shared library is found
+#: through an absolute RPATH).
+FULL_PYTHON_HOME = '/root/.pyenv/versions/3.11.7'
+FULL_PYTHON = FULL_PYTHON_HOME + '/bin/python3.11'
 
 #: Options of every ``podman run`` of the tests.
 RUN_OPTIONS = ['--runtime', 'runc', '--network', 'none',
@@ -56,13 +66,14 @@ class Container(object):
     """A running container: its `name` and the host PID of its first
     process (`pid`)."""
 
-    def __init__(self, name):
+    def __init__(self, name, options=()):
         self.name = name
+        self.options = list(options)
         self.pid = None
 
     def start(self):
         podman('run', '-d', '--name', self.name, *RUN_OPTIONS,
-               '--rootfs', ROOTFS, 'sleep', '3600')
+               *self.options, '--rootfs', ROOTFS, 'sleep', '3600')
         out = podman('inspect', '--format={{.State.Pid}}', self.name)
         self.pid = int(out.stdout.strip())
         return self
@@ -85,6 +96,22 @@ def podman_container():
     if reason:
         pytest.skip(reason)
     container = Container(container_name('main'))
+    try:
+        yield container.start()
+    finally:
+        container.remove()
+
+
+@pytest.fixture(scope='session')
+def full_python_container():
+    """A running :class:`Container` where :data:`FULL_PYTHON` exists."""
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    if not os.path.exists(FULL_PYTHON):
+        pytest.skip('%s is not installed' % (FULL_PYTHON,))
+    container = Container(container_name('full'), [
+        '--volume', '%s:%s:ro' % (FULL_PYTHON_HOME, FULL_PYTHON_HOME)])
     try:
         yield container.start()
     finally:

@@ -11,7 +11,8 @@ Specification of the container and namespace connection methods of the
 - docker, buildah, kubectl, lxc, lxd, incus, jail and the PID lookups of
   setns without their daemons: stub executables check the exact argv the
   real tool would be given, then run the child here (or print the PID).
-- chains: ssh -> podman, sudo -> podman.
+- chains: ssh -> podman, sudo -> podman; Mitogen for Ansible's
+  ``mitogen_podman`` and ``mitogen_setns`` connections.
 - errors: a missing tool names its ``*_path`` option; a missing or stopped
   container is named; a container without the interpreter says so, with
   the tool's own output.
@@ -457,3 +458,41 @@ def test_podman_via_reports_a_missing_container_as_eof_error(
     with pytest.raises(mitogen.parent.EofError) as info:
         router.podman(container='absent-' + podman_container.name, via=via)
     assert 'absent-' + podman_container.name in str(info.value)
+
+
+# --- Mitogen for Ansible ------------------------------------------------------
+
+def test_ansible_mitogen_podman_and_setns_connections(
+        router, tmp_path_factory, full_python_container):
+    """A playbook with Mitogen for Ansible's ``mitogen_podman`` and
+    ``mitogen_setns`` connections reaches the container through both."""
+    import ansible_harness
+    if not os.path.exists(ansible_harness.ansible_playbook()):
+        pytest.skip('ansible-core is not installed (run scripts/setup)')
+    # A short directory: the run's UNIX sockets live under it.
+    tmp_path = tmp_path_factory.mktemp('ans-ct')
+    name = full_python_container.name
+    common = {'ansible_host': name,
+              'ansible_python_interpreter': containers.FULL_PYTHON}
+    hosts = {
+        'podman': dict(common, ansible_connection='mitogen_podman'),
+        'setns': dict(common, ansible_connection='mitogen_setns',
+                      mitogen_kind='docker', mitogen_docker_path='podman'),
+    }
+    inventory = ansible_harness.write_inventory(
+        str(tmp_path / 'inventory.yml'), hosts)
+    scratch = str(tmp_path / 'scratch')
+    os.mkdir(scratch)
+    playbook = ansible_harness.Playbook(
+        'containers.yml', inventory, str(tmp_path), scratch,
+        mitogen_path=ansible_harness.ansible_mitogen_path())
+    run = playbook.run('mitogen_linear')
+    assert run.returncode == 0, run.describe()
+    expected = router.podman(container=name).call(socket.gethostname)
+    for host in hosts:
+        [record] = run.results[('Host name', host)]
+        assert record['result']['stdout'] == expected, run.describe()
+        [record] = run.results[('Stat a file of the container', host)]
+        assert record['result']['stat']['exists'], run.describe()
+    assert (run.leftover_processes, run.leftover_sockets) == ([], []), (
+        run.describe())
