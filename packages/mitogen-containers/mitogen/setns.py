@@ -25,8 +25,8 @@ the interpreter runs in the container's PID namespace, and the process the
 master started waits for it and exits as it does.
 
 This needs root (``CAP_SYS_ADMIN`` and ``CAP_SYS_CHROOT``) and Linux. It
-uses :func:`os.setns` where Python has it (3.12+), else ``setns`` from the C
-library through :mod:`ctypes`. The environment of the child is a fresh one
+uses ``os.setns()`` where Python has it (3.12+), else ``setns`` from the C
+library through ``ctypes``. The environment of the child is a fresh one
 (``PATH``, ``HOME``, ``USER``, ``LOGNAME``, ``SHELL``): this machine's means
 nothing inside the container.
 
