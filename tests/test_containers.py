@@ -396,6 +396,15 @@ def test_core_boots_on_python3_minimal_importing_only_what_it_has(
     assert context.call(funcs.echo, {1, 2}) == {1, 2}
 
 
+def test_python3_minimal_child_starts_children_of_its_own(
+        router, podman_container):
+    context = router.podman(container=podman_container.name)
+    local = router.local(via=context, python_path='python3')
+    forked = router.fork(via=context)
+    assert not local.call(funcs.importable, 'decimal')
+    assert forked.call(funcs.echo, 3) == 3
+
+
 def test_core_imports_decimal_only_when_a_message_needs_it(router):
     context = router.local(python_path=sys.executable)
     assert context.call(funcs.loaded_at_start, ['decimal', 'uuid']) == []

@@ -24,7 +24,6 @@ import signal
 import socket
 import subprocess
 import sys
-import termios
 import threading
 import time
 import types
@@ -229,11 +228,21 @@ def _signal_name(signum):
     return names[0] if names else 'unknown signal'
 
 
-def _take_terminal():
-    # In the child between fork and exec: a new session whose controlling
-    # terminal is the pty on fd 2, so the program's /dev/tty is ours.
-    os.setsid()
-    fcntl.ioctl(2, termios.TIOCSCTTY, 0)
+def _terminal_taker():
+    # termios is imported only where a terminal is wanted: minimal
+    # interpreters (Debian's python3-minimal, in containers) lack it and
+    # still start children of their own. The import happens here, before
+    # fork, never in the child.
+    import termios
+    request = termios.TIOCSCTTY
+
+    def take_terminal():
+        # In the child between fork and exec: a new session whose
+        # controlling terminal is the pty on fd 2, so the program's
+        # /dev/tty is ours.
+        os.setsid()
+        fcntl.ioctl(2, request, 0)
+    return take_terminal
 
 
 def _setsid_then(preexec_fn):
@@ -273,7 +282,7 @@ def spawn(argv, pty=None, tty_setup=None, preexec_fn=None, env=None):
             if tty_setup is not None:
                 tty_setup(slave)
             kwargs['stderr'] = slave
-            kwargs['preexec_fn'] = _take_terminal
+            kwargs['preexec_fn'] = _terminal_taker()
         elif mitogen.core.PY3:
             kwargs['start_new_session'] = True
             kwargs['preexec_fn'] = preexec_fn
