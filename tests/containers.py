@@ -161,11 +161,13 @@ def host_pid(container, ns_pid):
 
 def host_lineage(container, ns_pid):
     """Host PIDs of the process `ns_pid` of `container` and of its
-    ancestors up to, not including, PID 1 (for ``podman exec``: the
-    child and the conmon that watches its exec session)."""
+    ancestors up to, not including, PID 1 or this process (for ``podman
+    exec``: the child and the conmon that watches its exec session; for
+    setns: the child and the process that forked it into the
+    namespace)."""
     pids = []
     pid = host_pid(container, ns_pid)
-    while pid > 1:
+    while pid > 1 and pid != os.getpid():
         pids.append(pid)
         pid = _parent(pid)
     return pids

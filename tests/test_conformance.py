@@ -1,9 +1,9 @@
 """
 Conformance suite: every connection method passes the same tests,
 unchanged -- local, fork, ssh (OpenSSH client), paramiko, sudo, su, podman
-(a real container whose only Python is Debian's ``python3-minimal``, see
-:mod:`containers`) and the third-party example plugin of
-``tests/example_transport``.
+and setns (into a real container whose only Python is Debian's
+``python3-minimal``, see :mod:`containers`) and the third-party example
+plugin of ``tests/example_transport``.
 
 For each method a :class:`Transport` says how to start a child with it;
 the tests only use the public API on the context they get: a call returns,
@@ -52,7 +52,7 @@ MASTER_ONLY_PACKAGE = 'conformance_master_only'
 MASTER_ONLY_ANSWER = u'served by the master'
 
 METHODS = ['local', 'fork', 'ssh', 'paramiko', 'sudo', 'su', 'podman',
-           'example']
+           'setns', 'example']
 
 
 class Transport(object):
@@ -129,10 +129,16 @@ def make_transport(name, request):
             stop_pids=[sshd.proc.pid])
         transport.kill = kill_paramiko_connection
         return transport
-    if name == 'podman':
+    if name in ('podman', 'setns'):
         container = request.getfixturevalue('podman_container')
-        transport = Transport(name, lambda router: router.podman(
-            container=container.name))
+        if name == 'podman':
+            transport = Transport(name, lambda router: router.podman(
+                container=container.name))
+        else:
+            # podman answers docker's "inspect --format={{.State.Pid}}".
+            transport = Transport(name, lambda router: router.setns(
+                container=container.name, kind='docker',
+                docker_path='podman'))
         transport.kill = sigkill_process
         transport.host_pids = lambda context: containers.host_lineage(
             container, context.call(os.getpid))
