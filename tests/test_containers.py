@@ -26,8 +26,6 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
-import time
 
 import pytest
 
@@ -379,6 +377,13 @@ def test_podman_child_runs_in_the_container(router, podman_container):
     st = os.stat(containers.ROOTFS)
     assert root != (os.stat('/').st_dev, os.stat('/').st_ino)
     assert root[1] == st.st_ino
+
+
+def test_podman_username_runs_the_child_as_that_account(
+        router, podman_container):
+    context = router.podman(container=podman_container.name,
+                            username='nobody')
+    assert context.call(funcs.identity)[:2] == (65534, 65534)
 
 
 def test_core_boots_on_python3_minimal_importing_only_what_it_has(
