@@ -67,9 +67,11 @@ def test_installation_report_names_every_distribution_and_method():
     rc, out = check()
 
     assert rc == 0, out
-    for name in ('mitogen-core', 'mitogen-master', 'mitogen-ssh'):
+    for name in ('mitogen-core', 'mitogen-master', 'mitogen-ssh',
+                 'mitogen-containers'):
         assert '\n%s 0.' % (name,) in out
-    assert 'connection methods: doas, fork, local, paramiko, ssh, su, sudo' \
+    assert 'connection methods: buildah, doas, docker, fork, incus, jail, ' \
+        'kubectl, local, lxc, lxd, paramiko, podman, setns, ssh, su, sudo' \
         in out
 
 
