@@ -17,7 +17,7 @@ def slow_pid(delay):
     return os.getpid()
 
 
-async def main():
+async def main() -> None:
     async with mitogen.aio.Router() as router:
         children = await asyncio.gather(*[router.local() for _ in range(4)])
 

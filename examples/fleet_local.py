@@ -19,7 +19,7 @@ def facts():
 
 
 if __name__ == '__main__':
-    targets = [{'method': 'local'} for _ in range(5)]
+    targets = [{'method': 'local'} for _ in range(5)]  # type: list[dict[str, object]]
     targets.append({'method': 'local', 'python_path': ['/no/such/python']})
 
     results = mitogen.fleet.run(targets, facts, concurrency=4, timeout=30)

@@ -22,19 +22,7 @@ pytestmark = pytest.mark.skipif(
     importlib.util.find_spec('mypy') is None,
     reason='mypy is not installed (scripts/requirements-test.txt has it)')
 
-#: Modules whose public API has no type hints yet: examples built on them
-#: are left out of the strict check until it has.
-NOT_YET_TYPED = ('mitogen.aio', 'mitogen.fleet')
-
-
-def _uses_untyped_api(path):
-    with open(path) as f:
-        text = f.read()
-    return any('import %s' % (name,) in text for name in NOT_YET_TYPED)
-
-
-EXAMPLES = sorted(p for p in glob.glob(os.path.join(ROOT, 'examples', '*.py'))
-                  if not _uses_untyped_api(p))
+EXAMPLES = sorted(glob.glob(os.path.join(ROOT, 'examples', '*.py')))
 
 
 @pytest.fixture(scope='module')

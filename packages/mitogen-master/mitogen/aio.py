@@ -31,16 +31,23 @@ uvloop's included.
 """
 # master-only module
 
+from __future__ import annotations
+
 import asyncio
 import concurrent.futures
 import functools
 import threading
 import time
+from typing import Any, Callable, Coroutine, Iterable, TypeVar
 
 import mitogen.core
 import mitogen.master
 import mitogen.parent
 import mitogen.select
+
+_T = TypeVar('_T')
+_SelectT = TypeVar('_SelectT', bound='Select')
+_RouterT = TypeVar('_RouterT', bound='Router')
 
 
 class _Wakeup:
@@ -48,23 +55,24 @@ class _Wakeup:
     coroutines of one event loop that wait for the source to hold a
     result."""
 
-    def __init__(self, loop):
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._waiters = set()
+        self._waiters: set[asyncio.Future[None]] = set()
 
-    def __call__(self, _source):
+    def __call__(self, _source: object) -> None:
         # Runs on the broker thread (or whichever thread closed the source).
         try:
             self._loop.call_soon_threadsafe(self._wake)
         except RuntimeError:
             pass  # the loop is closed: nobody is waiting any more
 
-    def _wake(self):
+    def _wake(self) -> None:
         for future in self._waiters:
             if not future.done():
                 future.set_result(None)
 
-    async def take(self, take, timeout):
+    async def take(self, take: Callable[[], _T],
+                   timeout: float | None) -> _T:
         """Return ``take()``, waiting for a wake-up each time it raises
         :class:`mitogen.core.TimeoutError` (nothing queued yet)."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -95,7 +103,7 @@ class _Wakeup:
                     timer.cancel()
 
 
-def _resolve(future):
+def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
 
@@ -115,7 +123,7 @@ class Receiver:
         ``notify`` hook).
     """
 
-    def __init__(self, receiver):
+    def __init__(self, receiver: mitogen.core.Receiver) -> None:
         if receiver.notify is not None:
             raise mitogen.core.Error('%r is already watched (by a Select?)'
                                      % (receiver,))
@@ -124,19 +132,20 @@ class Receiver:
         self._wakeup = _Wakeup(asyncio.get_running_loop())
         receiver.notify = self._wakeup
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return 'aio.Receiver(%r)' % (self.receiver,)
 
     @property
-    def handle(self):
+    def handle(self) -> int:
         """The handle of the wrapped receiver."""
         return self.receiver.handle
 
-    def to_sender(self):
+    def to_sender(self) -> mitogen.core.Sender:
         """See :meth:`mitogen.core.Receiver.to_sender`."""
         return self.receiver.to_sender()
 
-    async def get(self, timeout=None, throw_dead=True):
+    async def get(self, timeout: float | None = None,
+                  throw_dead: bool = True) -> mitogen.core.Message:
         """Return the next :class:`mitogen.core.Message`, waiting without
         blocking the loop.
 
@@ -148,22 +157,22 @@ class Receiver:
                               throw_dead=throw_dead),
             timeout)
 
-    def close(self):
+    def close(self) -> None:
         """Close the wrapped receiver: waiters get
         :class:`mitogen.core.ChannelError`."""
         self.receiver.close()
 
-    def __aiter__(self):
+    def __aiter__(self) -> Receiver:
         return self
 
-    async def __anext__(self):
+    async def __anext__(self) -> mitogen.core.Message:
         try:
             return await self.get()
         except mitogen.core.ChannelError:
             raise StopAsyncIteration from None
 
 
-async def _unpickled_reply(recv):
+async def _unpickled_reply(recv: mitogen.core.Receiver) -> Any:
     """The unpickled first reply arriving on `recv`; closes `recv` when the
     awaiting task is cancelled, so a late reply finds no handler."""
     try:
@@ -188,7 +197,10 @@ class Select:
     :param bool oneshot: as for :class:`mitogen.select.Select`.
     """
 
-    def __init__(self, receivers=(), oneshot=True):
+    def __init__(self,
+                 receivers: Iterable[mitogen.core.Receiver | mitogen.core.Latch
+                                     | mitogen.select.Select | Receiver] = (),
+                 oneshot: bool = True) -> None:
         #: The wrapped :class:`mitogen.select.Select`.
         self.select = mitogen.select.Select(oneshot=oneshot)
         self._wakeup = _Wakeup(asyncio.get_running_loop())
@@ -200,10 +212,11 @@ class Select:
             self.close()
             raise
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return 'aio.Select(%r)' % (self.select,)
 
-    def add(self, recv):
+    def add(self, recv: mitogen.core.Receiver | mitogen.core.Latch
+            | mitogen.select.Select | Receiver) -> None:
         """Add a member: a :class:`mitogen.core.Receiver`,
         :class:`mitogen.core.Latch` or :class:`mitogen.select.Select`, or a
         :class:`Receiver` of this module (which from then on is awaited
@@ -213,44 +226,46 @@ class Select:
             recv.notify = None
         self.select.add(recv)
 
-    def remove(self, recv):
+    def remove(self, recv: mitogen.core.Receiver | mitogen.core.Latch
+               | mitogen.select.Select | Receiver) -> None:
         """Remove a member; see :meth:`mitogen.select.Select.remove`."""
         if isinstance(recv, Receiver):
             recv = recv.receiver
         self.select.remove(recv)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.select)
 
-    def __bool__(self):
+    def __bool__(self) -> bool:
         return bool(self.select)
 
-    async def get_event(self, timeout=None):
+    async def get_event(
+            self, timeout: float | None = None) -> mitogen.select.Event:
         """Return the next :class:`mitogen.select.Event`, raising as
         :meth:`mitogen.select.Select.get_event` does."""
         return await self._wakeup.take(
             functools.partial(self.select.get_event, block=False), timeout)
 
-    async def get(self, timeout=None):
+    async def get(self, timeout: float | None = None) -> Any:
         """Return :attr:`~mitogen.select.Event.data` of
         :meth:`get_event`."""
         return (await self.get_event(timeout)).data
 
-    def close(self):
+    def close(self) -> None:
         """Close the wrapped select (see
         :meth:`mitogen.select.Select.close`)."""
         self.select.close()
 
-    def __enter__(self):
+    def __enter__(self: _SelectT) -> _SelectT:
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: Any) -> None:
         self.close()
 
-    def __aiter__(self):
+    def __aiter__(self) -> Select:
         return self
 
-    async def __anext__(self):
+    async def __anext__(self) -> Any:
         try:
             return await self.get()
         except mitogen.select.Error:
@@ -270,31 +285,33 @@ class Context:
        The :class:`Context` this one was started through, or None.
     """
 
-    def __init__(self, router, context, via=None):
+    def __init__(self, router: Router, context: mitogen.parent.Context,
+                 via: Context | None = None) -> None:
         self.router = router
         self.context = context
         self.via = via
 
     @property
-    def name(self):
+    def name(self) -> str:
         """The context's name, such as ``ssh.web1``."""
         return self.context.name
 
     @property
-    def context_id(self):
+    def context_id(self) -> int:
         """The context's ID."""
         return self.context.context_id
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return 'aio.Context(%s, %r)' % (self.context_id, self.name)
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         return isinstance(other, Context) and other.context == self.context
 
-    def __hash__(self):
+    def __hash__(self) -> int:
         return hash(self.context)
 
-    async def call(self, fn, *args, **kwargs):
+    async def call(self, fn: Callable[..., Any], *args: Any,
+                   **kwargs: Any) -> Any:
         """Run `fn(*args, **kwargs)` in the context and return its result.
 
         :raises mitogen.core.CallError: the function raised.
@@ -302,27 +319,30 @@ class Context:
         return await _unpickled_reply(self.context.call_async(
             fn, *args, **kwargs))
 
-    def call_async(self, fn, *args, **kwargs):
+    def call_async(self, fn: Callable[..., Any], *args: Any,
+                   **kwargs: Any) -> Receiver:
         """Start a call; return the :class:`Receiver` its reply arrives on
         (for :class:`Select`, or ``(await recv.get()).unpickle()``)."""
         return Receiver(self.context.call_async(fn, *args, **kwargs))
 
-    def call_no_reply(self, fn, *args, **kwargs):
+    def call_no_reply(self, fn: Callable[..., Any], *args: Any,
+                      **kwargs: Any) -> None:
         """Start a call without waiting for, or receiving, a result."""
         self.context.call_no_reply(fn, *args, **kwargs)
 
-    async def call_service(self, service_name, method_name, **kwargs):
+    async def call_service(self, service_name: str | type[Any],
+                           method_name: str, **kwargs: Any) -> Any:
         """See :meth:`mitogen.core.Context.call_service`."""
         return await _unpickled_reply(self.context.call_service_async(
             service_name, method_name, **kwargs))
 
-    async def shutdown(self):
+    async def shutdown(self) -> None:
         """Ask the context to shut down and return once it disconnected
         and, for a child of this process, its process exited."""
         await asyncio.wrap_future(
             self.router._in_pool(self.context.shutdown, wait=True))
 
-    def disconnect(self):
+    def disconnect(self) -> None:
         """Disconnect the context at once (see
         :meth:`mitogen.parent.Router.disconnect`)."""
         self.router.router.disconnect(self.context)
@@ -351,7 +371,8 @@ class Router:
         None.
     """
 
-    def __init__(self, router=None, connect_threads=32, **kwargs):
+    def __init__(self, router: mitogen.master.Router | None = None,
+                 connect_threads: int = 32, **kwargs: Any) -> None:
         self._owned = router is None
         #: The wrapped :class:`mitogen.master.Router`: the threaded API,
         #: usable at the same time (from other threads too).
@@ -361,27 +382,29 @@ class Router:
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=connect_threads,
             thread_name_prefix='mitogen.aio.connect')
-        self._pending = set()
+        self._pending: set[concurrent.futures.Future[Any]] = set()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return 'aio.Router(%r)' % (self.router,)
 
-    async def __aenter__(self):
+    async def __aenter__(self: _RouterT) -> _RouterT:
         return self
 
-    async def __aexit__(self, *exc_info):
+    async def __aexit__(self, *exc_info: Any) -> None:
         if self._owned:
             await self.shutdown()
         else:
             await self.close()
 
-    def _in_pool(self, func, *args, **kwargs):
+    def _in_pool(self, func: Callable[..., _T], *args: Any,
+                 **kwargs: Any) -> concurrent.futures.Future[_T]:
         future = self._pool.submit(func, *args, **kwargs)
         self._pending.add(future)
         future.add_done_callback(self._pending.discard)
         return future
 
-    async def connect(self, method_name, name=None, **kwargs):
+    async def connect(self, method_name: str, name: str | None = None,
+                      **kwargs: Any) -> Context:
         """Start a context with connection method `method_name` (see
         :meth:`mitogen.parent.Router.connect`) and return its
         :class:`Context`."""
@@ -400,21 +423,23 @@ class Router:
         return Context(self, context, via if isinstance(via, Context)
                        else None)
 
-    def _disconnect_unwanted(self, future):
+    def _disconnect_unwanted(
+            self, future: concurrent.futures.Future[Any]) -> None:
         if future.cancelled() or future.exception() is not None:
             return
         self.router.disconnect(future.result())
 
-    async def local(self, **kwargs):
+    async def local(self, **kwargs: Any) -> Context:
         """Start a child Python on this machine; see
         :class:`mitogen.parent.Options`."""
         return await self.connect('local', **kwargs)
 
-    async def fork(self, **kwargs):
+    async def fork(self, **kwargs: Any) -> Context:
         """Fork a new child context; see :class:`mitogen.fork.Options`."""
         return await self.connect('fork', **kwargs)
 
-    def __getattr__(self, name):
+    def __getattr__(
+            self, name: str) -> Callable[..., Coroutine[Any, Any, Context]]:
         # router.<method>(**kwargs) for every installed connection method.
         if name.startswith('_'):
             raise AttributeError(name)
@@ -426,14 +451,14 @@ class Router:
                                  % (type(self).__name__, name)) from None
         return functools.partial(self.connect, name)
 
-    async def close(self):
+    async def close(self) -> None:
         """Wait for connections being set up (each ends by its
         ``connect_timeout``), then stop the connection threads. The router
         is left running."""
         await self._settle()
         self._pool.shutdown(wait=True)
 
-    async def _settle(self):
+    async def _settle(self) -> None:
         while self._pending:
             # Their outcomes were given to whoever awaited them (or dropped
             # with the cancelled task): only their end matters here.
@@ -441,15 +466,15 @@ class Router:
                                    for f in list(self._pending)],
                                  return_exceptions=True)
 
-    async def shutdown(self):
+    async def shutdown(self) -> None:
         """:meth:`close`, then shut down the broker (ending every context)
         and wait for its thread to exit."""
         await self._settle()
         self.broker.shutdown()
         loop = asyncio.get_running_loop()
-        exited = loop.create_future()
+        exited: asyncio.Future[None] = loop.create_future()
 
-        def join():
+        def join() -> None:
             self.broker.join()
             loop.call_soon_threadsafe(_resolve, exited)
         threading.Thread(target=join, name='mitogen.aio.join').start()

@@ -40,14 +40,18 @@ line on standard error up to date.
 """
 # master-only module
 
+from __future__ import annotations
+
 import asyncio
 import json
 import logging
 import sys
 import time
+from typing import Any, Callable, Iterable, Mapping, Sequence, TextIO
 
 import mitogen.aio
 import mitogen.core
+import mitogen.master
 
 LOG = logging.getLogger(__name__)
 
@@ -109,18 +113,19 @@ class HostResult:
        through its :attr:`~mitogen.aio.Context.context`). None otherwise.
     """
 
-    def __init__(self, index, target):
+    def __init__(self, index: int,
+                 target: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> None:
         self.index = index
         self.target = target
         self.name = describe(target)
         self.ok = False
-        self.value = None
-        self.error = None
+        self.value: Any = None
+        self.error: Exception | None = None
         self.phase = 'connect'
         self.elapsed = 0.0
-        self.context = None
+        self.context: mitogen.aio.Context | None = None
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         if self.ok:
             outcome = 'value=%r' % (self.value,)
         else:
@@ -128,7 +133,7 @@ class HostResult:
         return 'HostResult(%r, %s, %.2f s)' % (self.name, outcome,
                                                self.elapsed)
 
-    def result(self):
+    def result(self) -> Any:
         """Return :attr:`value`, or raise :attr:`error`."""
         if self.ok:
             return self.value
@@ -153,12 +158,12 @@ class Event:
        Number of targets in the run.
     """
 
-    def __init__(self, kind, result, total):
+    def __init__(self, kind: str, result: HostResult, total: int) -> None:
         self.kind = kind
         self.result = result
         self.total = total
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return 'Event(%r, %r)' % (self.kind, self.result.name)
 
 
@@ -170,14 +175,14 @@ class ProgressLine:
     :param stream: where to write; standard error when None.
     """
 
-    def __init__(self, stream=None):
+    def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stderr
         self.started = time.monotonic()
         self.running = 0
         self.finished = 0
         self.failed = 0
 
-    def __call__(self, event):
+    def __call__(self, event: Event) -> None:
         if event.kind == 'start':
             self.running += 1
         elif event.kind in ('done', 'failed'):
@@ -193,7 +198,7 @@ class ProgressLine:
         self.stream.flush()
 
 
-def describe(target):
+def describe(target: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> str:
     """A short text for a target: ``ssh:web1``, ``ssh:bastion -> sudo:root``."""
     hops = []
     for spec in _chain(target):
@@ -203,7 +208,7 @@ def describe(target):
     return ' -> '.join(hops)
 
 
-def _chain(target):
+def _chain(target: Any) -> list[dict[str, Any]]:
     """The target as a list of hop dicts, outermost first; each dict
     without its ``via``."""
     if isinstance(target, (list, tuple)):
@@ -304,9 +309,14 @@ class _Run:
                 task.exception()  # retrieved: no "never retrieved" warning
 
 
-async def arun(targets, fn, args=(), kwargs=None, router=None,
-               concurrency=DEFAULT_CONCURRENCY, timeout=DEFAULT_TIMEOUT,
-               on_event=None, progress=None):
+async def arun(targets: Iterable[Mapping[str, Any] | Sequence[Mapping[str, Any]]],
+               fn: Callable[..., Any], args: Iterable[Any] = (),
+               kwargs: Mapping[str, Any] | None = None,
+               router: mitogen.aio.Router | None = None,
+               concurrency: int = DEFAULT_CONCURRENCY,
+               timeout: float = DEFAULT_TIMEOUT,
+               on_event: Callable[[Event], object] | None = None,
+               progress: bool | None = None) -> list[HostResult]:
     """Call ``fn(*args, **kwargs)`` on every target; return a list of
     :class:`HostResult`, one per target, in the order of `targets`. Never
     raises for a host: every failure is in its result.
@@ -360,7 +370,11 @@ async def arun(targets, fn, args=(), kwargs=None, router=None,
     return results
 
 
-def run(targets, fn, args=(), kwargs=None, router=None, **options):
+def run(targets: Iterable[Mapping[str, Any] | Sequence[Mapping[str, Any]]],
+        fn: Callable[..., Any], args: Iterable[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        router: mitogen.master.Router | None = None,
+        **options: Any) -> list[HostResult]:
     """The threaded entry point: :func:`arun` on an event loop of its own,
     in the calling thread, which must not be running an event loop already
     (use ``await arun(...)`` there).
