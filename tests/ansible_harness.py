@@ -113,12 +113,16 @@ def _unpack_ansible_mitogen(wheel, dest):
 
 def _fill_cache(cache_dir, done, fill):
     """Unless `done` exists, call ``fill(work)`` with a new directory
-    `work` (removed afterwards) under the lock of `cache_dir`: safe when
-    several test sessions ask at once, the first one fills the cache."""
+    `work` (removed afterwards) under a lock of its own entry of
+    `cache_dir`: safe when several test sessions ask at once, the first one
+    fills the cache. Each entry has its own lock because filling one may
+    fill another (the unpacked package needs the wheel): a second flock of
+    one file from the same process would wait for itself."""
     if os.path.exists(done):
         return
     os.makedirs(cache_dir, exist_ok=True)
-    with open(os.path.join(cache_dir, '.lock'), 'w') as lock:
+    entry = os.path.relpath(done, cache_dir).split(os.sep)[0]
+    with open(os.path.join(cache_dir, '.%s.lock' % (entry,)), 'w') as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if os.path.exists(done):
             return

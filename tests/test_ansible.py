@@ -34,6 +34,7 @@ import pwd
 import shutil
 import signal
 import tempfile
+import threading
 import time
 
 import pytest
@@ -62,6 +63,31 @@ def mitogen_path():
                     '(scripts/setup installs it)'
                     % ansible_harness.ansible_playbook())
     return ansible_harness.ansible_mitogen_path()
+
+
+def test_harness_fills_an_empty_cache_with_the_package_and_its_wheel(
+        tmp_path, monkeypatch):
+    # On a fresh machine unpacking the package downloads the wheel from
+    # within the package's own cache fill: neither may wait for the other.
+    # The download is replaced by a copy of the wheel already cached.
+    cached = ansible_harness.mitogen_wheel()
+
+    def download(dest):
+        copy = os.path.join(dest, os.path.basename(cached))
+        shutil.copy(cached, copy)
+        return copy
+    monkeypatch.setattr(ansible_harness, '_download_wheel', download)
+    found = []
+    filler = threading.Thread(target=lambda: found.append(
+        ansible_harness.ansible_mitogen_path(str(tmp_path))))
+    filler.daemon = True
+    filler.start()
+    filler.join(60)
+    assert found, 'filling an empty cache did not finish in 60 s'
+    assert os.path.exists(os.path.join(found[0], 'ansible_mitogen',
+                                       '__init__.py'))
+    assert os.path.exists(os.path.join(
+        str(tmp_path), os.path.basename(cached)))
 
 
 @pytest.fixture(scope='module')
