@@ -520,8 +520,10 @@ class _Session(object):
                                                 e.remote_message)))
             return
         except mitogen.core.ChannelError as e:
+            # Lost before the reply to _start arrived: the command may
+            # already run there, as when it is lost later.
             self.router.del_handler(handle)
-            self._finish(self._fail('%s' % (e,)))
+            self._finish(self._fail(self._lost_text(e)))
             return
         if stdin_null:
             self._send(_DATA_IN)
@@ -564,9 +566,7 @@ class _Session(object):
                 self._send(_KILL)
                 return None
             if msg.is_dead:
-                self._fail('the connection to context %s was lost: %s' % (
-                    self.dest.name or self.dest.context_id,
-                    mitogen.core.to_text(msg.data)))
+                self._fail(self._lost_text(mitogen.core.to_text(msg.data)))
                 return LOST_STATUS
             data = msg.data
             tag = bytes(data[:1])
@@ -618,6 +618,10 @@ class _Session(object):
                 self._events.put(None)
         except (OSError, socket.error):
             self._events.put(None)
+
+    def _lost_text(self, reason):
+        return 'the connection to context %s was lost: %s' % (
+            self.dest.name or self.dest.context_id, reason)
 
     def _fail(self, text):
         fd = getattr(self, 'stderr_fd', None)
