@@ -9,7 +9,6 @@ src_id, auth_id, handle, reply_to, reserved, length) followed by the body.
 """
 import random
 import struct
-import time
 import tracemalloc
 
 import pytest
@@ -404,7 +403,6 @@ def run_fuzz_case(rng, wire):
 @pytest.mark.parametrize('seed', [1, 2, 3])
 def test_fuzzed_frames_give_only_messages_or_protocol_error(seed):
     rng = random.Random(seed)
-    start = time.monotonic()
     outcomes = {'messages': 0, 'protocol_error': 0}
     for _ in range(1000):
         wire = b''.join(random_frame(rng)
@@ -414,7 +412,6 @@ def test_fuzzed_frames_give_only_messages_or_protocol_error(seed):
         got, failed = run_fuzz_case(rng, wire)
         outcomes['messages'] += len(got)
         outcomes['protocol_error'] += failed
-    assert time.monotonic() - start < 2.0
     # The corpus must exercise both outcomes, or it tests nothing.
     assert outcomes['messages'] > 100
     assert outcomes['protocol_error'] > 100

@@ -401,6 +401,15 @@ def test_core_boots_on_python3_minimal_importing_only_what_it_has(
     assert context.call(funcs.echo, {1, 2}) == {1, 2}
 
 
+def test_python3_minimal_child_imports_the_service_framework(
+        router, podman_container):
+    # mitogen.service runs in every child Mitogen for Ansible reaches; it
+    # must not need modules python3-minimal lacks (pprint).
+    context = router.podman(container=podman_container.name)
+    assert not context.call(funcs.importable, 'pprint')
+    assert context.call(funcs.importable, 'mitogen.service')
+
+
 def test_python3_minimal_child_starts_children_of_its_own(
         router, podman_container):
     context = router.podman(container=podman_container.name)

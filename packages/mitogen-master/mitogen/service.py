@@ -28,7 +28,6 @@ This module runs in children too: it is written for Python 2.7 and 3.6+.
 import grp
 import logging
 import os
-import pprint
 import pwd
 import stat
 import sys
@@ -268,6 +267,9 @@ class DeduplicatingInvoker(Invoker):
     def key_from_request(self, method_name, kwargs):
         """The deduplication key of a request: by default a stable text form
         of the method name and arguments (``pprint.pformat()``)."""
+        # Imported here: Debian's python3-minimal has no pprint, and a child
+        # that never deduplicates must still import this module.
+        import pprint
         return pprint.pformat((method_name, kwargs))
 
     def get_response(self, args):
