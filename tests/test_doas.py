@@ -29,22 +29,6 @@ PROMPTLY = 5.0
 
 
 @pytest.fixture
-def doas_rules(test_users):
-    if shutil.which('doas') is None:
-        pytest.skip('doas is not installed (scripts/setup installs the '
-                    'Debian package doas)')
-    try:
-        with open(users.DOAS_CONF) as f:
-            rules = f.read()
-    except OSError:
-        rules = None
-    if rules != users.DOAS_RULES:
-        pytest.skip('%s does not hold the test rules: doas was installed '
-                    'after the test accounts were made' % (users.DOAS_CONF,))
-    return test_users
-
-
-@pytest.fixture
 def as_mitopw(router, doas_rules):
     return router.sudo(username=doas_rules.passwd,
                        python_path=doas_rules.python)

@@ -1,7 +1,7 @@
 """
 Test accounts and privilege rules for the session (``TESTENV.md`` section
-4), as the pytest plugin behind the ``test_users`` and ``user_python``
-fixtures.
+4), as the pytest plugin behind the ``test_users``, ``doas_rules`` and
+``user_python`` fixtures.
 
 ========= ===========================================================
 account   what it is for
@@ -270,6 +270,25 @@ def test_users():
             os.unlink(os.path.join(STATE_DIR, 'holders', me))
             if not _live_holders():
                 _remove_accounts()
+
+
+@pytest.fixture(scope='session')
+def doas_rules(test_users):
+    """:class:`Accounts`, for tests of doas: skipped, with the reason, where
+    doas is not installed or :data:`DOAS_CONF` does not hold the rules of
+    :data:`DOAS_RULES`."""
+    if shutil.which('doas') is None:
+        pytest.skip('doas is not installed (scripts/setup installs the '
+                    'Debian package doas)')
+    try:
+        with open(DOAS_CONF) as f:
+            rules = f.read()
+    except OSError:
+        rules = None
+    if rules != DOAS_RULES:
+        pytest.skip('%s does not hold the test rules: doas was installed '
+                    'after the test accounts were made' % (DOAS_CONF,))
+    return test_users
 
 
 @pytest.fixture(scope='session')

@@ -33,9 +33,10 @@ seconds.
 The password is typed once. A second prompt, one of the method's
 "incorrect" messages, or (su) an exit with the status su uses for a failed
 authentication, means it was refused:
-:class:`~mitogen.parent.PasswordError` at once, never a wait for the
-deadline. A prompt when no password was given is a
-:class:`~mitogen.parent.PasswordError` too, saying so.
+:class:`~mitogen.parent.PasswordRefusedError` at once, never a wait for the
+deadline. A prompt when no password was given raises
+:class:`~mitogen.parent.PasswordRequiredError`. Both are
+:class:`~mitogen.parent.PasswordError`.
 
 This module runs in children too (a sudo through an intermediate context),
 so it is written for Python 2.7 and 3.6+.
@@ -56,8 +57,16 @@ import mitogen.installation
 # Mitogen's core, installed over ours.
 mitogen.installation.require_this_project()
 
-#: Raised when a password is needed and none was given, or it was refused.
+#: Base of the two errors below: :class:`mitogen.parent.PasswordError`.
 PasswordError = mitogen.parent.PasswordError
+
+#: Raised when the program asks for a password and none was given:
+#: :class:`mitogen.parent.PasswordRequiredError`.
+PasswordRequiredError = mitogen.parent.PasswordRequiredError
+
+#: Raised when the program refuses the password given:
+#: :class:`mitogen.parent.PasswordRefusedError`.
+PasswordRefusedError = mitogen.parent.PasswordRefusedError
 
 #: Characters that end a password prompt: ASCII colon, full-width colon
 #: (Chinese, Japanese), Khmer camnuc pii kuuh, and the small and vertical
@@ -103,10 +112,10 @@ def _disable_echo(fd):
     termios.tcsetattr(fd, termios.TCSANOW, attrs)
 
 
-def _password_error(msg):
+def _password_error(cls, msg):
     # A native string: str() of the error must work on Python 2 too,
     # whatever language the prompt quoted in it is in.
-    return PasswordError(mitogen.core.to_native(msg))
+    return cls(mitogen.core.to_native(msg))
 
 
 def _as_text(value):
@@ -215,6 +224,10 @@ class Connection(mitogen.parent.Connection):
         `detail` tells how that was seen. Never holds the password."""
         return u'%s password is incorrect (%s)' % (self.program, detail)
 
+    def _refused(self, detail):
+        return _password_error(PasswordRefusedError,
+                               self.password_incorrect_msg(detail))
+
     def on_output(self, data, fd):
         if self._booted:
             return
@@ -232,17 +245,16 @@ class Connection(mitogen.parent.Connection):
         if self._answered:
             said = self._incorrect_prompt_in(new)
             if said is not None:
-                raise _password_error(self.password_incorrect_msg(
-                    u'it said: %s' % (said,)))
+                raise self._refused(u'it said: %s' % (said,))
         line = new.replace(u'\r', u'\n').rsplit(u'\n', 1)[-1]
         if not self.is_prompt(line) or self._more_output_soon():
             return
         self._scan_from = len(self._tty_text)
         if self._answered:
-            raise _password_error(self.password_incorrect_msg(
-                u'it asked again: %s' % (line.strip(),)))
+            raise self._refused(u'it asked again: %s' % (line.strip(),))
         if self.options.password is None:
-            raise _password_error(self.password_required_msg(line))
+            raise _password_error(PasswordRequiredError,
+                                  self.password_required_msg(line))
         self._type_password()
 
     def _incorrect_prompt_in(self, text):
@@ -293,12 +305,10 @@ class Connection(mitogen.parent.Connection):
             said = self._incorrect_prompt_in(
                 b''.join(self._output).decode('utf-8', 'replace'))
             if said is not None:
-                raise _password_error(self.password_incorrect_msg(
-                    u'it said: %s' % (said,)))
+                raise self._refused(u'it said: %s' % (said,))
             if (self.refused_status is None or self.proc is None or
                     self.proc.returncode != self.refused_status):
                 raise
-            raise _password_error(self.password_incorrect_msg(
-                u'%s exited with status %d: %s' % (
-                    self.program, self.refused_status,
-                    mitogen.core.to_text(str(e)))))
+            raise self._refused(u'%s exited with status %d: %s' % (
+                self.program, self.refused_status,
+                mitogen.core.to_text(str(e))))

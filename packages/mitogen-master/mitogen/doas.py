@@ -18,9 +18,17 @@ from __future__ import absolute_import
 import mitogen.core
 import mitogen.become
 
-#: Raised when doas asks for a password and none was given, or refuses it;
-#: the same class as :class:`mitogen.parent.PasswordError`.
+#: Base of the two errors below; the same class as
+#: :class:`mitogen.parent.PasswordError`: catch it for either.
 PasswordError = mitogen.become.PasswordError
+
+#: Raised when doas asks for a password and none was given; the same class
+#: as :class:`mitogen.parent.PasswordRequiredError`.
+PasswordRequiredError = mitogen.become.PasswordRequiredError
+
+#: Raised when doas refuses the password given; the same class as
+#: :class:`mitogen.parent.PasswordRefusedError`.
+PasswordRefusedError = mitogen.become.PasswordRefusedError
 
 
 class Options(mitogen.become.Options):
@@ -30,8 +38,9 @@ class Options(mitogen.become.Options):
     :param str username: account to run as (``doas -u``); ``root`` by
         default.
     :param str password: password to type if doas asks for one.
-        :class:`~mitogen.parent.PasswordError` if doas asks and none was
-        given, or refuses it.
+        :class:`~mitogen.parent.PasswordRequiredError` if doas asks and
+        none was given, :class:`~mitogen.parent.PasswordRefusedError` if
+        it refuses it.
     :param str doas_path: the doas program; ``doas`` (searched in
         ``PATH``) by default.
     :param password_prompt: extra text marking doas's password prompt

@@ -68,7 +68,19 @@ class EofError(mitogen.core.StreamError):
 
 class PasswordError(mitogen.core.StreamError):
     """A login program (ssh, sudo, su, ...) asked for a password and none
-    was given, or it refused the one given."""
+    was given, or it refused the one given. What is raised is one of its
+    two subclasses, :class:`PasswordRequiredError` or
+    :class:`PasswordRefusedError`; catch this class for either."""
+
+
+class PasswordRequiredError(PasswordError):
+    """No password was given and the login needs one: the program asked
+    for it, or (ssh, paramiko) the server refused every other way of
+    logging in."""
+
+
+class PasswordRefusedError(PasswordError):
+    """The password given was refused."""
 
 
 class CoreVersionError(mitogen.core.StreamError):
@@ -1720,20 +1732,41 @@ def _proxy_connect(target, kwargs, econtext):
     return context.context_id, context.name
 
 
-# Connection errors raised in an intermediate come back as CallError; the
-# caller gets the same exception type it would get for a direct connection.
-_PROXY_ERRORS = {
-    'EofError': EofError,
-    'PasswordError': PasswordError,
-    'CoreVersionError': CoreVersionError,
-    'TimeoutError': mitogen.core.TimeoutError,
-    'StreamError': mitogen.core.StreamError,
-}
+#: Connection errors rebuilt from a CallError by :func:`_proxy_error`,
+#: keyed by the remote type's fully qualified name; filled by
+#: :func:`register_proxy_error`.
+_PROXY_ERRORS = {}
+
+
+def register_proxy_error(cls):
+    """Declare `cls`, an exception type a connection method raises when a
+    connection fails, so that it reaches the caller with its own type when
+    the connection is made through another context (``via=``).
+
+    There the intermediate context makes the connection, and its error
+    comes back as a :class:`mitogen.core.CallError` naming the remote type
+    (``module.Name``); the caller's :class:`Router` turns a CallError whose
+    type is registered back into that type, with the intermediate's name
+    added to the message. Other errors stay CallErrors.
+
+    Call it at import time of the module defining `cls`, or use it as a
+    class decorator; it returns `cls`. The errors of this module and of
+    :mod:`mitogen.core` that connections raise are registered here;
+    :mod:`mitogen.ssh` registers :class:`mitogen.ssh.HostKeyError`.
+    """
+    _PROXY_ERRORS['%s.%s' % (cls.__module__, cls.__name__)] = cls
+    return cls
+
+
+for _cls in (EofError, PasswordError, PasswordRequiredError,
+             PasswordRefusedError, CoreVersionError, mitogen.core.TimeoutError,
+             mitogen.core.StreamError):
+    register_proxy_error(_cls)
+del _cls
 
 
 def _proxy_error(e, via_context):
-    name = (e.type_name or '').rpartition('.')[2]
-    cls = _PROXY_ERRORS.get(name)
+    cls = _PROXY_ERRORS.get(e.type_name)
     if cls is None:
         return e
     return cls('%s (via %s)' % (e.remote_message, via_context.name))

@@ -19,9 +19,17 @@ from __future__ import absolute_import
 import mitogen.core
 import mitogen.become
 
-#: Raised when su asks for a password and none was given, or refuses it;
-#: the same class as :class:`mitogen.parent.PasswordError`.
+#: Base of the two errors below; the same class as
+#: :class:`mitogen.parent.PasswordError`: catch it for either.
 PasswordError = mitogen.become.PasswordError
+
+#: Raised when su asks for a password and none was given; the same class
+#: as :class:`mitogen.parent.PasswordRequiredError`.
+PasswordRequiredError = mitogen.become.PasswordRequiredError
+
+#: Raised when su refuses the password given; the same class as
+#: :class:`mitogen.parent.PasswordRefusedError`.
+PasswordRefusedError = mitogen.become.PasswordRefusedError
 
 
 class Options(mitogen.become.Options):
@@ -30,8 +38,9 @@ class Options(mitogen.become.Options):
 
     :param str username: account to become; ``root`` by default.
     :param str password: the target account's password, typed if su asks.
-        :class:`~mitogen.parent.PasswordError` if su asks and none was
-        given, or refuses it.
+        :class:`~mitogen.parent.PasswordRequiredError` if su asks and
+        none was given, :class:`~mitogen.parent.PasswordRefusedError` if
+        it refuses it.
     :param str su_path: the su program; ``su`` (searched in ``PATH``) by
         default.
     :param password_prompt: extra text marking su's password prompt

@@ -22,9 +22,17 @@ import shlex
 import mitogen.core
 import mitogen.become
 
-#: Raised when sudo asks for a password and none was given, or refuses it;
-#: the same class as :class:`mitogen.parent.PasswordError`.
+#: Base of the two errors below; the same class as
+#: :class:`mitogen.parent.PasswordError`: catch it for either.
 PasswordError = mitogen.become.PasswordError
+
+#: Raised when sudo asks for a password and none was given; the same class
+#: as :class:`mitogen.parent.PasswordRequiredError`.
+PasswordRequiredError = mitogen.become.PasswordRequiredError
+
+#: Raised when sudo refuses the password given; the same class as
+#: :class:`mitogen.parent.PasswordRefusedError`.
+PasswordRefusedError = mitogen.become.PasswordRefusedError
 
 # sudo options that sudo_args may hold, and the Options attribute each
 # sets. -n and -S are accepted because callers (Ansible's become flags)
@@ -87,8 +95,9 @@ class Options(mitogen.become.Options):
         by default.
     :param str password: password to type if sudo asks for one (the
         invoking account's, in sudo's usual configuration).
-        :class:`~mitogen.parent.PasswordError` if sudo asks and none was
-        given, or refuses it.
+        :class:`~mitogen.parent.PasswordRequiredError` if sudo asks and
+        none was given, :class:`~mitogen.parent.PasswordRefusedError` if
+        it refuses it.
     :param bool preserve_env: keep the invoking environment (``-E``).
     :param bool set_home: set ``HOME`` to the target account's (``-H``).
     :param bool login: run through the target's login shell (``-i``).

@@ -65,8 +65,18 @@ mitogen.installation.require_this_project()
 #: The same class as :class:`mitogen.ssh.HostKeyError`.
 HostKeyError = mitogen.ssh.HostKeyError
 
-#: The same class as :class:`mitogen.parent.PasswordError`.
+#: The same class as :class:`mitogen.parent.PasswordError`, base of the two
+#: below: catch it for either.
 PasswordError = mitogen.parent.PasswordError
+
+#: Raised when no password was given and the server refused every other
+#: way of logging in tried; the same class as
+#: :class:`mitogen.parent.PasswordRequiredError`.
+PasswordRequiredError = mitogen.parent.PasswordRequiredError
+
+#: Raised when the server refuses the password given; the same class as
+#: :class:`mitogen.parent.PasswordRefusedError`.
+PasswordRefusedError = mitogen.parent.PasswordRefusedError
 
 #: Accepted values of `check_host_keys`.
 HOST_KEY_POLICIES = ('enforce', 'accept', 'ignore')
@@ -524,11 +534,11 @@ class Connection(mitogen.parent.Connection):
                 isinstance(e, paramiko.SSHException) and
                 str(e) == 'No authentication methods available'):
             if login.password is None:
-                return PasswordError(
+                return PasswordRequiredError(
                     'SSH authentication to %s failed and no password was '
                     'specified; paramiko: %s' % (login, e))
-            return PasswordError('SSH password is incorrect for %s; '
-                                 'paramiko: %s' % (login, e))
+            return PasswordRefusedError('SSH password is incorrect for %s; '
+                                        'paramiko: %s' % (login, e))
         if isinstance(e, socket.timeout) or now() >= deadline:
             return self._timeout_error(login, e)
         if isinstance(e, (paramiko.SSHException, socket.error, OSError,

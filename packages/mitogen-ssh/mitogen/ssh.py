@@ -16,7 +16,11 @@ How ``ssh`` is started depends on whether it may have to type a password:
 * With `password`, ``ssh`` gets a pseudo-terminal as its controlling
   terminal and stderr (its stdin and stdout stay on the connection's
   socket). The first password prompt is answered; a second one,
-  or ``Permission denied``, raises :class:`PasswordError`.
+  or ``Permission denied``, raises :class:`PasswordRefusedError`.
+
+A login refused without a password given (no key accepted, or ``ssh``
+asking for a password) raises :class:`PasswordRequiredError`; both are
+:class:`PasswordError`, as in every method that logs in.
 
 With ``via=``, an intermediate context runs this module: it arrives there
 through the importer, so it is written for Python 2.7 and 3.6+.
@@ -30,22 +34,27 @@ import termios
 import mitogen.core
 import mitogen.parent
 
-#: Raised when ``ssh`` asks for a password and none was given, when the
-#: server refuses the password given, or when it refuses every
-#: authentication method tried. The same class as
-#: :class:`mitogen.parent.PasswordError`.
+#: Base of the two errors below; the same class as
+#: :class:`mitogen.parent.PasswordError`: catch it for either.
 PasswordError = mitogen.parent.PasswordError
 
+#: Raised when no password was given and the server refused every other
+#: way of logging in tried (``Permission denied (publickey)``); the same
+#: class as :class:`mitogen.parent.PasswordRequiredError`.
+PasswordRequiredError = mitogen.parent.PasswordRequiredError
 
+#: Raised when the server refuses the password given; the same class as
+#: :class:`mitogen.parent.PasswordRefusedError`.
+PasswordRefusedError = mitogen.parent.PasswordRefusedError
+
+
+@mitogen.parent.register_proxy_error
 class HostKeyError(mitogen.core.StreamError):
     """``ssh`` refused the server's host key: with
     ``check_host_keys='enforce'`` the host is not in the known hosts, or with
-    ``'enforce'`` or ``'accept'`` its key differs from the one recorded."""
-
-
-# An intermediate that fails this way reports it as a CallError naming the
-# type; the master turns it back into this class.
-mitogen.parent._PROXY_ERRORS.setdefault('HostKeyError', HostKeyError)
+    ``'enforce'`` or ``'accept'`` its key differs from the one recorded.
+    Raised with its own type through ``via=`` too
+    (:func:`mitogen.parent.register_proxy_error`)."""
 
 #: Accepted values of `check_host_keys`, with the ``StrictHostKeyChecking``
 #: setting each one gives ``ssh``.
@@ -230,11 +239,11 @@ class Connection(mitogen.parent.Connection):
 
     def _auth_error(self):
         if self.options.password is None:
-            return PasswordError(
+            return PasswordRequiredError(
                 'SSH authentication to %s failed and no password was '
                 'specified; %s' % (self._target(), self._fail_text()))
-        return PasswordError('SSH password is incorrect for %s; %s'
-                             % (self._target(), self._fail_text()))
+        return PasswordRefusedError('SSH password is incorrect for %s; %s'
+                                    % (self._target(), self._fail_text()))
 
     def _host_key_error(self):
         return HostKeyError(
