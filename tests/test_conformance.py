@@ -1,7 +1,7 @@
 """
 Conformance suite: every connection method passes the same tests,
-unchanged -- local, fork, ssh (OpenSSH client), paramiko, sudo, su, podman
-and setns (into a real container whose only Python is Debian's
+unchanged -- local, fork, ssh (OpenSSH client), paramiko, sudo, su, doas,
+podman and setns (into a real container whose only Python is Debian's
 ``python3-minimal``, see :mod:`containers`) and the third-party example
 plugin of ``tests/example_transport``.
 
@@ -11,12 +11,15 @@ a remote exception keeps its type name, a package that exists only on the
 master is imported there, 32 MiB pass each way, log records arrive on the
 master's ``mitogen.ctx.<name>`` logger, ``shutdown(wait=True)`` ends the
 child and every program between it and the master (ssh client, sshd
-session, sudo, su), and so does a disconnect.
+session, sudo, su, doas), and so does a disconnect. How each method fails
+to log in is the subject of the login-failure suite
+(``tests/test_login_failures.py``).
 
 Contexts that a test only calls are shared per method (module scope);
 tests that end a context start their own. ssh and paramiko use the private
-sshd of :mod:`sshd`; sudo and su the accounts of :mod:`users`; children of
-non-root accounts run ``/usr/bin/python3``.
+sshd of :mod:`sshd`; sudo, su and doas the accounts and rules of
+:mod:`users` (doas is skipped, with the reason, where it is not
+installed); children of non-root accounts run ``/usr/bin/python3``.
 """
 import hashlib
 import importlib
@@ -51,8 +54,8 @@ MIB32 = 32 * 1024 * 1024
 MASTER_ONLY_PACKAGE = 'conformance_master_only'
 MASTER_ONLY_ANSWER = u'served by the master'
 
-METHODS = ['local', 'fork', 'ssh', 'paramiko', 'sudo', 'su', 'podman',
-           'setns', 'example']
+METHODS = ['local', 'fork', 'ssh', 'paramiko', 'sudo', 'su', 'doas',
+           'podman', 'setns', 'example']
 
 
 class Transport(object):
@@ -154,6 +157,13 @@ def make_transport(name, request):
             username=users.user, python_path=users.python))
         transport.kill = sigkill_process
         return transport
+    if name == 'doas':
+        # root may become anyone without a password (users.DOAS_RULES).
+        users = request.getfixturevalue('doas_rules')
+        transport = Transport(name, lambda router: router.doas(
+            username=users.nopass, python_path=users.python))
+        transport.kill = sigkill_process
+        return transport
     raise ValueError(name)
 
 
@@ -245,7 +255,7 @@ def alive_after(pids, timeout=PROMPTLY):
 def processes_of(router, transport, context):
     """The child's PID, those of the programs between it and the master,
     and that of the local process the method started (ssh client, sudo,
-    su, podman)."""
+    su, doas, podman)."""
     if transport.host_pids is not None:
         pids = set(transport.host_pids(context))
     else:

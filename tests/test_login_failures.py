@@ -87,9 +87,14 @@ class Login(object):
     .. attribute:: required_text, refused_text
 
        Text the errors of this method hold (Mitogen's wording).
+
+    .. attribute:: program_text
+
+       None, or what the login program says in both errors.
     """
     required_text = 'password is required but none was given'
     refused_text = 'password is incorrect'
+    program_text = None
     #: None, or ``host_key_attempt(router, known_hosts, via)``.
     host_key_attempt = None
 
@@ -133,6 +138,7 @@ def ssh_login(request, users, hop, router):
         via = router.local(python_path=interpreters.require('2.7').path)
     login = Login('ssh', mitogen.ssh, attempt, via)
     login.required_text = 'no password was specified'
+    login.program_text = 'Permission denied'
     login.host_key_attempt = host_key_attempt
     return login
 
@@ -259,6 +265,15 @@ def nothing_left_running():
     assert leakcheck.find_leaks(snapshot, process_settle=0) == []
 
 
+def assert_said(login, error, text):
+    """Assert `error` holds `text`, what the program said, and (via=) the
+    name of the intermediate."""
+    assert text in str(error)
+    if login.program_text is not None:
+        assert login.program_text in str(error)
+    assert_proxied(login, error)
+
+
 def assert_proxied(login, error):
     if login.via is not None:
         assert '(via %s)' % (login.via.name,) in str(error)
@@ -276,8 +291,7 @@ def test_missing_password_raises_password_required_error_at_once(router,
     assert elapsed < REQUIRED_WITHIN
     assert isinstance(info.value, login.module.PasswordError)
     assert not isinstance(info.value, login.module.PasswordRefusedError)
-    assert login.required_text in str(info.value)
-    assert_proxied(login, info.value)
+    assert_said(login, info.value, login.required_text)
 
 
 def test_wrong_password_raises_password_refused_error_fast(router, login):
@@ -289,9 +303,8 @@ def test_wrong_password_raises_password_refused_error_fast(router, login):
     assert elapsed < min(REFUSED_WITHIN, CONNECT_TIMEOUT)
     assert isinstance(info.value, login.module.PasswordError)
     assert not isinstance(info.value, login.module.PasswordRequiredError)
-    assert login.refused_text in str(info.value)
+    assert_said(login, info.value, login.refused_text)
     assert WRONG_PASSWORD not in str(info.value)
-    assert_proxied(login, info.value)
 
 
 @pytest.mark.parametrize('known_hosts', ['empty_known_hosts',

@@ -5,7 +5,6 @@ passwords, host key policies, failures reported promptly, no need for an
 ``ssh`` program, jump hosts through a context or another Paramiko login,
 bulk data, and nothing (thread, socket, process) left behind.
 """
-import hashlib
 import json
 import os
 import signal
@@ -124,30 +123,6 @@ def test_password_login(router, sshd, test_users):
     context = router.paramiko(**password_kwargs(
         sshd, test_users, password=test_users.password))
     assert context.call(ssh_funcs.login_user) == test_users.passwd
-
-
-def test_wrong_password_raises_password_error_promptly(router, sshd,
-                                                       test_users):
-    start = time.monotonic()
-    with pytest.raises(mitogen.paramiko.PasswordError) as info:
-        router.paramiko(**password_kwargs(sshd, test_users, password='wrong'))
-    assert time.monotonic() - start < PROMPTLY
-    assert 'password is incorrect' in str(info.value)
-
-
-def test_password_needed_but_not_given_raises_password_error(
-        router, sshd, test_users, tmp_path, monkeypatch):
-    # No password, no identity file: Paramiko would look for keys in ~/.ssh
-    # and the agent; point both at nothing.
-    monkeypatch.setenv('HOME', str(tmp_path))
-    monkeypatch.delenv('SSH_AUTH_SOCK', raising=False)
-    with pytest.raises(mitogen.paramiko.PasswordError) as info:
-        router.paramiko(**password_kwargs(sshd, test_users))
-    assert 'no password was specified' in str(info.value)
-
-
-def test_password_error_is_mitogen_parent_password_error():
-    assert mitogen.paramiko.PasswordError is mitogen.parent.PasswordError
 
 
 def test_unauthorized_identity_file_is_refused(router, sshd, tmp_path):
@@ -405,24 +380,6 @@ def test_remote_interpreter_by_absolute_path(router, sshd, interpreter):
 
 
 # --- data and lifetime -------------------------------------------------------
-
-MIB32 = 32 * 1024 * 1024
-
-
-def test_32_mib_to_the_remote_context(router, sshd):
-    data = os.urandom(MIB32)
-    context = router.paramiko(**login_kwargs(sshd))
-    assert context.call(ssh_funcs.sha256, data) == \
-        hashlib.sha256(data).hexdigest()
-
-
-def test_32_mib_from_the_remote_context(router, sshd):
-    context = router.paramiko(**login_kwargs(sshd))
-    data = context.call(os.urandom, MIB32)
-    assert len(data) == MIB32
-    assert context.call(ssh_funcs.sha256, data) == \
-        hashlib.sha256(data).hexdigest()
-
 
 def test_shutdown_leaves_no_thread_socket_or_remote_process(router, sshd):
     context = router.paramiko(**login_kwargs(sshd))

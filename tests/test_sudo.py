@@ -2,8 +2,9 @@
 Specification of ``router.sudo()`` (:mod:`mitogen.sudo`): a child started
 through ``sudo -u <username>``, with Mitogen's arguments, typing a password
 when sudo asks for one (recognised in any language, since the prompt is
-ours), failing fast with :class:`mitogen.parent.PasswordError` when the
-password is wrong or missing, and leaving no process behind.
+ours), and leaving no process behind an intermediate. Wrong and missing
+passwords are tested by ``tests/test_login_failures.py``; bulk data and
+shutdown by ``tests/test_conformance.py``.
 
 The accounts come from the ``test_users`` fixture (``tests/users.py``).
 Password tests run sudo as mitopw: the master (root) first becomes mitopw
@@ -11,21 +12,14 @@ without a password, then asks for mitonp ``via=`` that context, so mitopw's
 sudo is the one that prompts.
 """
 import os
-import time
 
 import pytest
 
 import interpreters
 import mitogen.core
-import mitogen.parent
 import mitogen.sudo
 import procs
 from support import become_funcs as funcs
-
-#: Seconds within which a refused or missing password must be reported
-#: (sudo itself waits about 2 s before asking again).
-PROMPTLY = 6.0
-
 
 @pytest.fixture
 def as_mitopw(router, test_users):
@@ -69,42 +63,6 @@ def test_password_is_typed_when_sudo_asks(router, test_users, as_mitopw):
         test_users.nopass)
     assert context.name == 'sudo.%s.sudo.%s' % (test_users.passwd,
                                                  test_users.nopass)
-
-
-def test_wrong_password_raises_password_error_promptly(router, test_users,
-                                                       as_mitopw):
-    started = time.monotonic()
-    with pytest.raises(mitogen.sudo.PasswordError) as info:
-        router.sudo(username=test_users.nopass,
-                    python_path=test_users.python,
-                    password='not-' + test_users.password, via=as_mitopw)
-    assert time.monotonic() - started < PROMPTLY
-    assert 'incorrect' in str(info.value)
-
-
-def test_missing_password_raises_its_own_error_at_once(router, test_users,
-                                                       as_mitopw):
-    started = time.monotonic()
-    with pytest.raises(mitogen.sudo.PasswordError) as info:
-        router.sudo(username=test_users.nopass,
-                    python_path=test_users.python, via=as_mitopw)
-    assert time.monotonic() - started < 2.0
-    assert 'password is required but none was given' in str(info.value)
-
-
-def test_password_error_is_the_parent_class():
-    assert mitogen.sudo.PasswordError is mitogen.parent.PasswordError
-    assert issubclass(mitogen.sudo.PasswordError, mitogen.core.StreamError)
-
-
-def test_password_error_message_never_holds_the_password(router, test_users,
-                                                        as_mitopw):
-    wrong = 'wrong-%s' % (os.getpid(),)
-    with pytest.raises(mitogen.sudo.PasswordError) as info:
-        router.sudo(username=test_users.nopass,
-                    python_path=test_users.python, password=wrong,
-                    via=as_mitopw)
-    assert wrong not in str(info.value)
 
 
 @pytest.mark.parametrize('language', ['de', 'fr', 'ru', 'ja'])
@@ -244,31 +202,6 @@ def test_missing_sudo_program_raises_stream_error(router):
     with pytest.raises(mitogen.core.StreamError) as info:
         router.sudo(sudo_path='/nonexistent/sudo')
     assert '/nonexistent/sudo' in str(info.value)
-
-
-def test_all_byte_values_pass_both_ways(router, test_users):
-    context = router.sudo(username=test_users.nopass,
-                          python_path=test_users.python)
-    data = bytes(range(256)) * 64
-    assert context.call(funcs.echo, data) == data
-    assert context.call(funcs.make_bytes, len(data)) == data
-
-
-def test_32_mib_passes_each_way(router, test_users):
-    context = router.sudo(username=test_users.nopass,
-                          python_path=test_users.python)
-    size = 32 << 20
-    assert context.call(funcs.byte_count, os.urandom(size)) == size
-    assert context.call(funcs.make_bytes, size) == funcs.make_bytes(size)
-
-
-def test_shutdown_leaves_no_process_behind(router, test_users):
-    context = router.sudo(username=test_users.nopass,
-                          python_path=test_users.python)
-    pids = context.call(funcs.ancestors, os.getpid())
-    assert len(pids) >= 2, 'expected the child and sudo, got %r' % (pids,)
-    context.shutdown(wait=True)
-    assert procs.wait_all_gone(pids) == []
 
 
 def test_intermediate_shutdown_leaves_no_process_behind(router, test_users,
