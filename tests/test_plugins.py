@@ -66,6 +66,15 @@ def test_third_party_method_works_through_an_intermediate(results):
     assert name.startswith(middle + '.example.')
 
 
+def test_registered_error_of_a_method_keeps_its_type_through_via(results):
+    error_type = ['mitogen_example_transport', 'LabelError']
+    assert results['refused'][:2] == error_type
+    assert results['refused_via'][:2] == error_type
+    assert 'NUL byte' in results['refused_via'][2]
+    assert results['refused_via'][2].endswith('(via %s)' % (
+        results['via'][1],))
+
+
 def test_unknown_method_is_a_clear_error(results):
     assert "no connection method named 'no-such-method'" in results['missing']
     assert 'no_such_method' in results['missing_attr']

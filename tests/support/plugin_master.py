@@ -22,6 +22,11 @@ def run(router):
     middle = router.local()
     ctx = router.example(via=middle, label='proxied')
     out['via'] = [ctx.name, middle.name, ctx.call(label)]
+    for hop, via in (('refused', None), ('refused_via', middle)):
+        try:
+            router.example(via=via, label=u'a\0b')
+        except mitogen.core.StreamError as e:
+            out[hop] = [type(e).__module__, type(e).__name__, str(e)]
     try:
         router.connect('no-such-method')
     except mitogen.core.Error as e:

@@ -4,12 +4,19 @@ An example third-party connection method: a local child started through
 
 Its whole contract with mitogen is one subclass of
 :class:`mitogen.parent.Connection` (and of its options class) plus one
-entry point in the ``mitogen.transports`` group. It is written for every
+entry point in the ``mitogen.transports`` group; its own error type is
+registered so that it keeps its type through ``via=``. It is written for every
 Python a child may run, because with ``via=`` an intermediate context
 imports it through the importer.
 """
 
+import mitogen.core
 import mitogen.parent
+
+
+@mitogen.parent.register_proxy_error
+class LabelError(mitogen.core.StreamError):
+    """The label cannot be put in an environment variable."""
 
 
 class Options(mitogen.parent.Options):
@@ -22,6 +29,8 @@ class Options(mitogen.parent.Options):
 
     def __init__(self, label=u'example', env_path='/usr/bin/env', **kwargs):
         super(Options, self).__init__(**kwargs)
+        if u'\0' in label:
+            raise LabelError('the label holds a NUL byte: %r' % (label,))
         self.label = label
         self.env_path = env_path
 
