@@ -369,7 +369,14 @@ def enable_profiling():
 
 def has_parent_authority(msg, _stream=None):
     """Policy accepting messages sent with the authority of this context or
-    any of its ancestors (the trust chain of :data:`mitogen.parent_ids`)."""
+    any of its ancestors: the identity (:attr:`Router.context_id`,
+    :attr:`Router.parent_ids`) of the router that received `msg`, or of
+    the package globals (:data:`mitogen.context_id`,
+    :data:`mitogen.parent_ids`) for a message no router handled."""
+    router = msg.router
+    if router is not None:
+        return msg.auth_id == router.context_id or \
+            msg.auth_id in router.parent_ids
     pkg = _package_module()
     parent_ids = pkg.parent_ids if pkg is not None else []
     context_id = pkg.context_id if pkg is not None else 0
@@ -642,15 +649,23 @@ class Message(object):
     # instead of being copied into one joined body first.
     _parts = None
     _size = 0
-    #: The :class:`Router` the message arrived on, when received.
+    #: The :class:`Router` the message arrived on, when received; given to
+    #: the constructor, the router the message is written for.
     router = None
     #: The :class:`Receiver` the message was delivered to, when received.
     receiver = None
     _unpickled = None
 
     def __init__(self, **kwargs):
-        pkg = _package_module()
-        self.src_id = pkg.context_id if pkg is not None else 0
+        # src_id and auth_id default to the identity of the router the
+        # message is written for, else to this process's (the package
+        # globals), which is that of every router a program normally has.
+        router = kwargs.get('router')
+        if router is not None:
+            self.src_id = router.context_id
+        else:
+            pkg = _package_module()
+            self.src_id = pkg.context_id if pkg is not None else 0
         self.auth_id = self.src_id
         for k, v in iteritems(kwargs):
             setattr(self, k, v)
@@ -707,14 +722,16 @@ class Message(object):
 
     def reply(self, msg, router=None, **kwargs):
         """Send `msg` (a :class:`Message`, or any object to pickle) as the
-        reply to this message."""
+        reply to this message, through `router` or else the router it
+        arrived on."""
+        router = router or self.router
         if not isinstance(msg, Message):
-            msg = Message.pickled(msg)
+            msg = Message.pickled(msg, router=router)
         msg.dst_id = self.src_id
         msg.handle = self.reply_to
         for k, v in iteritems(kwargs):
             setattr(msg, k, v)
-        (router or self.router).route(msg)
+        router.route(msg)
 
     def _dead_reason(self):
         if self.data:
@@ -2542,7 +2559,8 @@ class Receiver(object):
                 del self._flow[key]
         if msg.reply_to:
             self.router.route(Message.pickled(credit, dst_id=msg.src_id,
-                                              handle=msg.reply_to))
+                                              handle=msg.reply_to,
+                                              router=self.router))
 
     def close(self):
         """Unregister the handle and wake waiters with
@@ -2559,7 +2577,7 @@ class Receiver(object):
                 if credit_handle:
                     self.router.route(Message.dead(
                         ChannelError.remote_msg, dst_id=src_id,
-                        handle=credit_handle))
+                        handle=credit_handle, router=self.router))
         if self.notify:
             self.notify(self)
 
@@ -2626,7 +2644,8 @@ class Sender(object):
 
         :raises ChannelError: when the receiver went away while this
             sender waited for room."""
-        msg = Message.pickled(data, handle=self.dst_handle)
+        msg = Message.pickled(data, handle=self.dst_handle,
+                              router=self.context.router)
         if self.window is None:
             self.context.send(msg)
             return
@@ -2655,7 +2674,8 @@ class Sender(object):
         """Send a dead message so the receiving end sees the channel
         close."""
         self.context.send(Message.dead(handle=self.dst_handle,
-                                       reason=ChannelError.remote_msg))
+                                       reason=ChannelError.remote_msg,
+                                       router=self.context.router))
         if self._credit_recv is not None:
             self._credit_recv.close()
 
@@ -2699,6 +2719,18 @@ class Router(object):
     (source verification): a message arriving from any other direction is
     dropped and logged, so no context can speak with the authority of one
     nearer the root.
+
+    The router's identity, :attr:`context_id` and :attr:`parent_ids`, is
+    the one every check reads: it is the process's own (the package
+    globals :data:`mitogen.context_id` and :data:`mitogen.parent_ids`)
+    unless given to the constructor, which lets two routers with
+    different identities live in one process.
+
+    :param Broker broker: the broker whose streams this router uses.
+    :param int context_id: this router's :attr:`context_id`; None follows
+        :data:`mitogen.context_id`.
+    :param list parent_ids: this router's :attr:`parent_ids`; None follows
+        :data:`mitogen.parent_ids`.
     """
     context_class = Context
     max_message_size = DEFAULT_MAX_MESSAGE_SIZE
@@ -2715,8 +2747,14 @@ class Router(object):
     #: Seconds between the summaries of dropped messages not logged in full.
     drop_log_interval = 10.0
 
-    def __init__(self, broker):
+    _context_id = None
+    _parent_ids = None
+
+    def __init__(self, broker, context_id=None, parent_ids=None):
         self.broker = broker
+        self._context_id = context_id
+        if parent_ids is not None:
+            self._parent_ids = list(parent_ids)
         listen(broker, 'exit', self._on_broker_exit)
         #: Messages this router refused (dropped) since it started, by the
         #: ID of the context at the other end of the stream each arrived on
@@ -2744,10 +2782,40 @@ class Router(object):
     def _setup_logging(self):
         pass
 
+    # The identity follows the package globals unless it was given: a child
+    # (or a process attached with mitogen.unix) learns its ID after parts of
+    # the program may have built its router.
+
     @property
     def context_id(self):
+        """ID of the context this router belongs to: the one it writes as
+        ``src_id`` and ``auth_id`` and delivers messages for. Unless set
+        (by the constructor or by assignment), :data:`mitogen.context_id`,
+        or 0 when the ``mitogen`` package is not loaded."""
+        if self._context_id is not None:
+            return self._context_id
         pkg = _package_module()
         return pkg.context_id if pkg is not None else 0
+
+    @context_id.setter
+    def context_id(self, value):
+        self._context_id = value
+
+    @property
+    def parent_ids(self):
+        """IDs of the ancestors of this router's context, nearest first:
+        the authorities :func:`has_parent_authority` accepts and the routes
+        no child may redirect. Unless set (by the constructor or by
+        assignment), :data:`mitogen.parent_ids`, or empty when the
+        ``mitogen`` package is not loaded."""
+        if self._parent_ids is not None:
+            return self._parent_ids
+        pkg = _package_module()
+        return pkg.parent_ids if pkg is not None else []
+
+    @parent_ids.setter
+    def parent_ids(self, value):
+        self._parent_ids = list(value)
 
     def myself(self):
         """Return the :class:`Context` for this process."""
@@ -2900,13 +2968,23 @@ class Router(object):
 
     def _may_route(self, target_id, stream):
         """True when `stream` may become the route to `target_id`."""
-        pkg = _package_module()
-        ancestors = pkg.parent_ids if pkg is not None else []
         if not isinstance(target_id, integer_types) or target_id <= 0 or \
-                target_id == self.context_id or target_id in ancestors:
+                target_id == self.context_id or target_id in self.parent_ids:
             return False
         current = self._stream_by_id.get(target_id)
         return current is None or current is stream
+
+    def route_owner(self, target_id):
+        """Return the ID of the context to which this one gave the context
+        ID `target_id` (itself or in a block); 0 when none was given it
+        (never handed out, or kept by this context); None when this router
+        hands out no IDs and cannot tell.
+
+        An :data:`ADD_ROUTE` for `target_id` is accepted only on the stream
+        that reaches the owner, unless the answer is None. The base router
+        answers None; :class:`mitogen.parent.Router`, which hands out IDs
+        to its children, overrides this method."""
+        return None
 
     def _on_add_route(self, msg):
         if msg.is_dead:
@@ -2919,11 +2997,10 @@ class Router(object):
             self._refuse(msg, stream, 'refused ADD_ROUTE for %r from %r',
                          target_id, stream)
             return
-        owner_of = getattr(self, '_route_owner', None)
-        if owner_of is not None:
-            # The master knows which context each ID was given to: the route
+        owner = self.route_owner(target_id)
+        if owner is not None:
+            # The router knows which child each ID was given to: the route
             # must come from the subtree holding that context.
-            owner = owner_of(target_id)
             if not owner or self._stream_by_id.get(owner) is not stream:
                 self._refuse(msg, stream, 'refused ADD_ROUTE for %r from %r: '
                              'that ID was not allocated to its subtree',
@@ -2966,9 +3043,8 @@ class Router(object):
         stream = self._stream_by_id.get(msg.src_id)
         if stream is not None and stream is self.parent_stream:
             # From the parent: a context we reach through it is gone.
-            pkg = _package_module()
-            ancestors = pkg.parent_ids if pkg is not None else []
-            if target_id == self.context_id or target_id in ancestors or \
+            if target_id == self.context_id or \
+                    target_id in self.parent_ids or \
                     self.stream_by_id(target_id) is not stream:
                 return
             ctx = self._context_by_id.get(target_id)
@@ -3055,6 +3131,7 @@ class Router(object):
         if msg.reply_to and not msg.is_dead:
             self.route(Message.dead(
                 dst_id=msg.src_id, handle=msg.reply_to, reason=reason,
+                router=self,
             ))
 
     def _invoke(self, msg, stream):
@@ -3066,6 +3143,9 @@ class Router(object):
                                       self.context_id)
             return
         persist, fn, policy, respondent = entry
+        # Policies such as has_parent_authority read the identity of the
+        # router that received the message.
+        msg.router = self
         if policy and not policy(msg, stream):
             self._refuse(msg, stream, 'refused by the policy of handle %r',
                          msg.handle)
@@ -3074,7 +3154,6 @@ class Router(object):
             return
         if not persist:
             self.del_handler(msg.handle)
-        msg.router = self
         try:
             fn(msg)
         except StreamError as e:
@@ -3154,7 +3233,8 @@ class Router(object):
                 # its recipient instead, so a caller waiting for it fails
                 # rather than hangs.
                 self.route(Message.dead(dst_id=msg.dst_id,
-                                        handle=msg.handle, reason=reason))
+                                        handle=msg.handle, reason=reason,
+                                        router=self))
             self._maybe_send_dead(msg, reason)
             return
         if not out.protocol.send(msg):
@@ -3784,9 +3864,10 @@ class Dispatcher(object):
             chain_id, ret = self._dispatch_one(msg)
             if msg.reply_to:
                 try:
-                    reply = Message.pickled(ret)
+                    reply = Message.pickled(ret, router=msg.router)
                 except StreamError:
-                    reply = Message.pickled(CallError(sys.exc_info()[1]))
+                    reply = Message.pickled(CallError(sys.exc_info()[1]),
+                                            router=msg.router)
                 msg.reply(reply)
             elif isinstance(ret, CallError) and chain_id is None:
                 LOG.error('call_no_reply() failed: %s', ret)

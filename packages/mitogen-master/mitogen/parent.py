@@ -1247,7 +1247,6 @@ class Router(mitogen.core.Router):
             # can tell which child's subtree owns an ID announced with
             # ADD_ROUTE, as the master does.
             self._given_blocks = []
-            self._route_owner = self._owner_of
             self.add_handler(self._on_allocate_id, mitogen.core.ALLOCATE_ID,
                              overwrite=True)
 
@@ -1268,11 +1267,16 @@ class Router(mitogen.core.Router):
             self._id_block = iter(range(start + 1, end))
             return start
 
-    def _owner_of(self, context_id):
+    def route_owner(self, target_id):
+        """The context this one gave `target_id` to, from the master's
+        :class:`IdAllocator` or, in a child, from the blocks of IDs it
+        passed down to its children; 0 when none was given it."""
+        if mitogen.is_master:
+            return self.id_allocator.owner_of(target_id) or 0
         for start, end, owner in self._given_blocks:
-            if start <= context_id < end:
+            if start <= target_id < end:
                 return owner
-        return None
+        return 0
 
     def _on_allocate_id(self, msg):
         # A child asks for a block: ask our own parent for one (without
@@ -1523,7 +1527,6 @@ class IdAllocator(object):
         self.next_id = 1
         self._blocks = []
         router.add_handler(self._on_allocate_id, mitogen.core.ALLOCATE_ID)
-        router._route_owner = self.owner_of
 
     def __repr__(self):
         return 'IdAllocator(next_id=%d)' % (self.next_id,)

@@ -76,11 +76,11 @@ class AllowParents(Policy):
     """Only an ancestor of this context (or this context itself, which
     includes a process attached to it through :mod:`mitogen.unix`) may call
     the method. Authority is the message's ``auth_id``, which the router
-    verified on arrival."""
+    verified on arrival, against the identity of the router that received
+    it (:func:`mitogen.core.has_parent_authority`)."""
 
     def is_authorized(self, service, msg):
-        return (msg.auth_id in mitogen.parent_ids or
-                msg.auth_id == mitogen.context_id)
+        return mitogen.core.has_parent_authority(msg)
 
 
 def expose(policy):

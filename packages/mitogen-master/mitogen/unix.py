@@ -296,7 +296,7 @@ class Listener(mitogen.core.Protocol):
             ClientProtocol(router, context_id, auth_id=router.context_id),
             name=name)
         stream.accept(fd, fd)
-        parent_ids = [router.context_id] + list(mitogen.parent_ids)
+        parent_ids = [router.context_id] + list(router.parent_ids)
         stream.protocol.send(mitogen.core.Message.pickled(
             {
                 'context_id': context_id,
