@@ -15,8 +15,10 @@ Each router has its own identity (``context_id``, ``parent_ids``) given to
 its constructor, which is what lets a whole tree live in one process. The
 master is a :class:`mitogen.parent.Router`, which hands out context IDs and
 so knows which child owns each (:meth:`mitogen.parent.Router.route_owner`);
-the other contexts are plain :class:`mitogen.core.Router` objects, as in a
-child that has started no children of its own.
+the other contexts are :class:`BranchRouter` objects. IDs are handed out
+as ALLOCATE_ID does: a context's children get IDs from a block its parent
+obtained from the master, and every hop on the way notes which child each
+block went to.
 
 Every router records what reaches the handlers that act with authority
 (:data:`~mitogen.core.CALL_FUNCTION`, :data:`~mitogen.core.SHUTDOWN`,
@@ -143,6 +145,26 @@ class QueueSide(object):
             self.inbox.reader_closed = True
 
 
+class BranchRouter(mitogen.core.Router):
+    """The router of a child context, with what
+    :meth:`mitogen.parent.Router.route_owner` knows in a child (which of
+    its children each block of IDs was passed down to). That one decides
+    between its master and child behaviour by the process-wide
+    :data:`mitogen.is_master`, which is true for every router of the test
+    process, so the child behaviour is stated here."""
+
+    def __init__(self, *args, **kwargs):
+        super(BranchRouter, self).__init__(*args, **kwargs)
+        #: (start, end, owner ID) of every block passed to a child.
+        self.given_blocks = []
+
+    def route_owner(self, target_id):
+        for start, end, owner in self.given_blocks:
+            if start <= target_id < end:
+                return owner
+        return 0
+
+
 class Node(object):
     """One context of the network: its router and the stream to its parent,
     and what its recording handlers received."""
@@ -157,6 +179,8 @@ class Node(object):
         self.down = None
         #: (handle, Message) for every message a recording handler got.
         self.delivered = []
+        #: IDs left for this context's children.
+        self.ids = []
         for handle in PRIVILEGED_HANDLES:
             router.add_handler(self._record, handle, overwrite=True,
                                policy=mitogen.core.has_parent_authority)
@@ -201,7 +225,6 @@ class Network(object):
         self.broker = StubBroker()
         self.streams = []
         self.nodes = {}
-        self._blocks = {}
         router = mitogen.parent.Router(self.broker)
         router.context_id = 0
         router.parent_ids = []
@@ -212,21 +235,23 @@ class Network(object):
         self.nodes[router.context_id] = node
         return node
 
+    def request_block(self, node):
+        """Return `(start, end)`, a block of IDs for `node`'s children,
+        obtained as ALLOCATE_ID does: `node` asks its parent, which asks
+        its own, up to the master; each hop notes which child it went to."""
+        if node.parent is self.master:
+            return self.master.router.id_allocator.allocate_block(
+                node.context_id)
+        start, end = self.request_block(node.parent)
+        node.parent.router.given_blocks.append((start, end, node.context_id))
+        return start, end
+
     def _new_id(self, parent):
-        allocator = self.master.router.id_allocator
         if parent is self.master:
-            return allocator.allocate()
-        # Beyond the master's children, IDs come from blocks given to the
-        # master's child at the top of the branch, as ALLOCATE_ID does.
-        top = parent
-        while top.parent is not self.master:
-            top = top.parent
-        block = self._blocks.get(top.context_id)
-        if block is None or block[0] == block[1]:
-            start, end = allocator.allocate_block(top.context_id)
-            block = self._blocks[top.context_id] = [start, end]
-        block[0] += 1
-        return block[0] - 1
+            return self.master.router.id_allocator.allocate()
+        if not parent.ids:
+            parent.ids.extend(range(*self.request_block(parent)))
+        return parent.ids.pop(0)
 
     def child(self, parent, unidirectional=False):
         """Start a context below `parent` (a :class:`Node`); its parent
@@ -234,8 +259,8 @@ class Network(object):
         DEL_ROUTE, as a real parent does. Returns its :class:`Node`."""
         context_id = self._new_id(parent)
         parent_ids = [parent.context_id] + list(parent.router.parent_ids)
-        router = mitogen.core.Router(self.broker, context_id=context_id,
-                                     parent_ids=parent_ids)
+        router = BranchRouter(self.broker, context_id=context_id,
+                              parent_ids=parent_ids)
         router.unidirectional = unidirectional
         node = self._add(router, parent)
         self.connect(parent, node)
@@ -305,6 +330,23 @@ class Network(object):
         return recv
 
 
+#: The names of the contexts of :func:`tree`, in the order they start.
+TREE = 'M P C D S N U K'.split()
+
+
+def tree():
+    """A network holding the tree the trust tests attack, the one
+    :mod:`test_tree_trust` builds with processes (its docstring draws it),
+    as `(network, {name: Node})`: the master M has children P and U; P's
+    children are C (the compromised context) and S; C has D, S has N, U
+    has K."""
+    net = Network()
+    nodes = {'M': net.master}
+    for name, parent in zip(TREE[1:], 'M P C P S M U'.split()):
+        nodes[name] = net.child(nodes[parent])
+    return net, nodes
+
+
 def reply_of(recv):
     """The reply `recv` holds: ('reply', value), ('dead', reason) or
     ('none', None)."""
@@ -318,27 +360,22 @@ def reply_of(recv):
 
 
 class DropLog(logging.Handler):
-    """Collects the ``mitogen`` logger's records while installed; used as a
-    context manager."""
+    """Collects the ERROR records of the ``mitogen`` logger (drops and
+    tracebacks) while installed; used as a context manager."""
 
     def __init__(self):
-        logging.Handler.__init__(self, logging.DEBUG)
+        logging.Handler.__init__(self, logging.ERROR)
         self.records = []
 
     def emit(self, record):
         self.records.append(record)
 
     def __enter__(self):
-        logger = logging.getLogger('mitogen')
-        self._old_level = logger.level
-        logger.setLevel(logging.DEBUG)
-        logger.addHandler(self)
+        logging.getLogger('mitogen').addHandler(self)
         return self
 
     def __exit__(self, *exc):
-        logger = logging.getLogger('mitogen')
-        logger.removeHandler(self)
-        logger.setLevel(self._old_level)
+        logging.getLogger('mitogen').removeHandler(self)
 
     def drops(self, *needles):
         """Texts of the drops logged, holding every one of `needles`."""

@@ -4,16 +4,9 @@ Specification of the trust rules, on routers joined in memory
 route ownership, the unidirectional rule and dead replies, at every hop of
 a tree, in milliseconds and without a process.
 
-The tree (built for each test; see :func:`tree`)::
-
-    M (master)
-    +-- P                 parent of the compromised context
-    |   +-- C             the compromised grandchild
-    |   |   +-- D         C's own child
-    |   +-- S             C's sibling
-    |       +-- N         S's child (C's nephew)
-    +-- U                 P's sibling (C's uncle)
-        +-- K             U's child (C's cousin)
+Each test gets a fresh tree from :func:`memnet.tree`: the tree of
+:mod:`test_tree_trust`, with C the compromised grandchild below P, C's
+child D, its sibling S (S's child N), its uncle U (U's child K).
 
 A forgery is a frame written as it is onto C's stream to P
 (:meth:`memnet.Node.send_up`), so P reads exactly what a malicious C could
@@ -36,16 +29,8 @@ Tree = collections.namedtuple('Tree', 'net M P C D S N U K')
 
 @pytest.fixture
 def tree():
-    net = memnet.Network()
-    m = net.master
-    p = net.child(m)
-    c = net.child(p)
-    d = net.child(c)
-    s = net.child(p)
-    n = net.child(s)
-    u = net.child(m)
-    k = net.child(u)
-    return Tree(net, m, p, c, d, s, n, u, k)
+    net, nodes = memnet.tree()
+    return Tree(net, *[nodes[name] for name in memnet.TREE])
 
 
 @pytest.fixture
@@ -314,7 +299,11 @@ def test_route_owner_of_the_master_names_the_child_given_each_id(tree):
     assert router.route_owner(tree.C.context_id) == tree.P.context_id
     assert router.route_owner(tree.K.context_id) == tree.U.context_id
     assert router.route_owner(router.id_allocator.next_id) == 0
-    assert tree.P.router.route_owner(tree.C.context_id) is None
+
+
+def test_route_owner_of_a_router_that_hands_out_no_ids_is_unknown():
+    router = mitogen.core.Router(memnet.StubBroker(), context_id=5)
+    assert router.route_owner(6) is None
 
 
 def test_add_route_with_a_forged_source_is_dropped_by_the_parent(tree, log):
@@ -440,6 +429,13 @@ def test_lost_context_wakes_a_receiver_waiting_for_it_far_away(tree):
     outcome = reply_of(recv)
     assert outcome[0] == 'dead'
     assert 'disconnected' in outcome[1]
+
+
+def test_destinations_remembered_for_a_child_are_bounded(tree):
+    tree.P.router._egress_limit = 3
+    for dst_id in range(500000, 500010):
+        tree.net.call(tree.C, dst_id)
+    assert len(tree.C.down.protocol.egress_ids) == 3
 
 
 def test_message_that_would_go_back_where_it_came_from_is_refused(tree, log):

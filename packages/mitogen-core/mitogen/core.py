@@ -2746,6 +2746,10 @@ class Router(object):
     drop_log_burst = 10
     #: Seconds between the summaries of dropped messages not logged in full.
     drop_log_interval = 10.0
+    # A child names the destinations of the messages it sends through us,
+    # so it could make egress_ids grow without end: past this many, a child
+    # learns of a lost destination only by waiting for its reply.
+    _egress_limit = 10000
 
     _context_id = None
     _parent_ids = None
@@ -3215,7 +3219,9 @@ class Router(object):
                                   'context %r', msg.dst_id, self.context_id)
             return
         if in_stream is not None and not in_stream.protocol.is_privileged:
-            in_stream.protocol.egress_ids.add(msg.dst_id)
+            egress_ids = in_stream.protocol.egress_ids
+            if len(egress_ids) < self._egress_limit:
+                egress_ids.add(msg.dst_id)
         if (self.unidirectional and in_stream is not None and
                 not in_stream.protocol.is_privileged and
                 not out.protocol.is_privileged):
