@@ -15,6 +15,13 @@ Every refusal has a positive control: the same message sent with authority
 is accepted, so a refusal cannot pass just because the message was
 malformed. The forging code runs in the children, from
 :mod:`support.trust_forge`.
+
+This is the thin real-process layer of these rules: every forgery case is
+specified on routers joined in memory (:mod:`test_trust_memory`, fuzzed by
+:mod:`test_trust_fuzz`). The cases kept here show the rules hold in real
+children: the real dispatcher, importer and shutdown handler refuse a
+sibling, a refused call leaves no trace on disk, the master (which has no
+dispatcher) runs nothing, and a drop is logged by the master's router.
 """
 import logging
 import os
@@ -135,16 +142,6 @@ def test_honest_forward_log_from_a_child_is_logged(router, pair, caplog):
     assert wait_for_record(caplog, forwarded_log(a, token))
 
 
-def test_child_may_message_a_sibling_handler_without_a_policy(
-        router, pair):
-    # Sibling traffic as such is routed: only privileged handles refuse it.
-    a, b = pair
-    outcome = forge(a, b.context_id, 4242, obj=u'hello', wait=REPLY_WAIT,
-                    direct=False)
-    assert outcome[0] == 'dead'
-    assert 'no handler' in outcome[1]
-
-
 # ---------------------------------------------------------------------------
 # (a) The master runs no code at a child's request
 # ---------------------------------------------------------------------------
@@ -158,30 +155,9 @@ def test_child_call_function_to_master_is_never_run(router, pair, evidence):
     assert not os.path.exists(evidence)
 
 
-def test_child_call_function_to_master_with_forged_auth_is_never_run(
-        router, pair, evidence, caplog):
-    a, _ = pair
-    outcome = forge(a, 0, CALL_FUNCTION,
-                    obj=trust_forge.call_request(evidence), auth_id=0)
-    assert outcome == ('sent', None)
-    assert wait_for_record(caplog, drop_logged('auth_id'))
-    assert not os.path.exists(evidence)
-
-
 # ---------------------------------------------------------------------------
 # (b) Forged master identity or authority
 # ---------------------------------------------------------------------------
-
-def test_forged_auth_id_zero_to_master_is_dropped_and_logged(
-        router, pair, caplog):
-    a, _ = pair
-    token = uuid.uuid4().hex
-    forge(a, 0, FORWARD_LOG, data=trust_forge.forward_log_body(token),
-          auth_id=0)
-    assert wait_for_record(caplog, drop_logged('auth_id'))
-    assert not any(token in r.getMessage() and r.name != 'mitogen'
-                   for r in caplog.records)
-
 
 def test_forged_src_id_zero_to_master_is_dropped_and_logged(
         router, pair, caplog):
@@ -192,34 +168,6 @@ def test_forged_src_id_zero_to_master_is_dropped_and_logged(
     assert wait_for_record(caplog, drop_logged('src_id'))
     assert not any(token in r.getMessage() and r.name != 'mitogen'
                    for r in caplog.records)
-
-
-def test_forged_auth_id_zero_to_sibling_is_dropped_and_logged(
-        router, pair, evidence, caplog):
-    a, b = pair
-    forge(a, b.context_id, CALL_FUNCTION,
-          obj=trust_forge.call_request(evidence), auth_id=0)
-    assert wait_for_record(caplog, drop_logged('auth_id'))
-    assert not os.path.exists(evidence)
-    # B is unharmed.
-    assert call(b, trust_forge.context_id) == b.context_id
-
-
-def test_forged_src_and_auth_id_zero_to_sibling_is_dropped_and_logged(
-        router, pair, evidence, caplog):
-    a, b = pair
-    forge(a, b.context_id, CALL_FUNCTION,
-          obj=trust_forge.call_request(evidence), src_id=0, auth_id=0)
-    assert wait_for_record(caplog, drop_logged())
-    assert not os.path.exists(evidence)
-
-
-def test_forged_shutdown_with_master_authority_to_sibling_is_dropped(
-        router, pair, caplog):
-    a, b = pair
-    forge(a, b.context_id, SHUTDOWN, data=b'', auth_id=0, src_id=0)
-    assert wait_for_record(caplog, drop_logged())
-    assert call(b, trust_forge.context_id) == b.context_id
 
 
 # ---------------------------------------------------------------------------
@@ -264,27 +212,6 @@ def test_sibling_load_module_is_refused_and_never_imported(router, pair):
 # ---------------------------------------------------------------------------
 # (d) A child cannot claim to be its sibling
 # ---------------------------------------------------------------------------
-
-def test_child_claiming_sibling_src_id_is_dropped(router, pair, caplog):
-    a, b = pair
-    token = uuid.uuid4().hex
-    forge(a, 0, FORWARD_LOG, data=trust_forge.forward_log_body(token),
-          src_id=b.context_id)
-    assert wait_for_record(caplog, drop_logged('src_id'))
-    assert not any(token in r.getMessage() and r.name != 'mitogen'
-                   for r in caplog.records)
-
-
-def test_child_claiming_sibling_src_and_auth_id_is_dropped(
-        router, pair, caplog):
-    a, b = pair
-    token = uuid.uuid4().hex
-    forge(a, 0, FORWARD_LOG, data=trust_forge.forward_log_body(token),
-          src_id=b.context_id, auth_id=b.context_id)
-    assert wait_for_record(caplog, drop_logged('auth_id'))
-    assert not any(token in r.getMessage() and r.name != 'mitogen'
-                   for r in caplog.records)
-
 
 def test_child_claiming_sibling_authority_cannot_make_it_run_code(
         router, pair, evidence, caplog):

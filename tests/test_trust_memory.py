@@ -314,22 +314,51 @@ def test_add_route_with_a_forged_source_is_dropped_by_the_parent(tree, log):
     assert routes_intact(tree)
 
 
+@pytest.mark.parametrize('claim', ['M', 'P', 'S', 'N'])
+def test_add_route_from_a_grandchild_to_its_parent_for_a_foreign_id_is_refused(
+        tree, log, claim):
+    target_id = getattr(tree, claim).context_id
+    tree.net.send(tree.C, forged(tree.C, tree.P, ADD_ROUTE,
+                                 obj=(target_id, u'hijack')))
+    assert log.drops('refused ADD_ROUTE for %r' % (target_id,))
+    assert routes_intact(tree)
+    assert tree.P.router.stream_by_id(target_id) is not tree.C.down
+
+
 @pytest.mark.parametrize('target', ['U', 'K', 'S'])
-def test_del_route_from_a_grandchild_is_ignored(tree, log, target):
+def test_del_route_from_a_grandchild_to_the_master_is_ignored(
+        tree, log, target):
     tree.net.send(tree.C, forged(tree.C, tree.M, DEL_ROUTE,
                                  obj=getattr(tree, target).context_id))
+    assert log.drops('only accepted from an immediate child')
     assert routes_intact(tree)
 
 
-@pytest.mark.parametrize('target', ['U', 'K', 'M'])
+@pytest.mark.parametrize('target', ['U', 'K', 'P', 'M'])
 def test_del_route_from_a_child_outside_its_subtree_is_ignored(
         tree, log, target):
-    tree.P.send_up(forged(tree.P, tree.M, DEL_ROUTE,
-                          obj=getattr(tree, target).context_id))
+    node = getattr(tree, target)
+    fired = []
+    mitogen.core.listen(tree.M.router.context_by_id(node.context_id),
+                        'disconnect', lambda: fired.append(True))
+    tree.P.send_up(forged(tree.P, tree.M, DEL_ROUTE, obj=node.context_id))
     tree.net.pump()
     assert routes_intact(tree)
+    assert fired == []
     assert reply_of(tree.net.call(tree.M, tree.K))[0] == 'none'
     assert len(tree.K.delivered_to(OPEN_HANDLE)) == 1
+
+
+@pytest.mark.parametrize('target', ['S', 'N', 'P'])
+def test_del_route_from_a_grandchild_to_its_parent_outside_its_subtree_is_ignored(
+        tree, target):
+    node = getattr(tree, target)
+    tree.net.send(tree.C, forged(tree.C, tree.P, DEL_ROUTE,
+                                 obj=node.context_id))
+    assert routes_intact(tree)
+    routes = tree.P.router._stream_by_id
+    assert routes[tree.S.context_id] is routes[tree.N.context_id] is \
+        tree.S.down
 
 
 def test_del_route_from_a_child_for_its_own_descendant_is_obeyed(tree):
