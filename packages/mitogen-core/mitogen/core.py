@@ -2422,7 +2422,8 @@ class Context(object):
         if callable(name):
             service_name = name()
         tup = (to_text(service_name), to_text(method_name), Kwargs(kwargs))
-        return self.send_async(Message.pickled(tup, handle=CALL_SERVICE))
+        return self.send_async(Message.pickled(tup, handle=CALL_SERVICE,
+                                              router=self.router))
 
     def call_service(self, service_name, method_name, **kwargs):
         """Like :meth:`call_service_async`, then wait for the reply and
@@ -3553,7 +3554,8 @@ class Importer(object):
         elif not waiting:
             self.requests.append(fullname)
             self._context.send(Message(data=fullname.encode('utf-8'),
-                                       handle=GET_MODULE))
+                                       handle=GET_MODULE,
+                                       router=self._context.router))
 
     def _get_module(self, fullname):
         with self._lock:
@@ -3569,7 +3571,8 @@ class Importer(object):
         if not waiting:
             self.requests.append(fullname)
             self._context.send(Message(data=fullname.encode('utf-8'),
-                                       handle=GET_MODULE))
+                                       handle=GET_MODULE,
+                                       router=self._context.router))
         latch.get()
         with self._lock:
             tup = self._cache.get(fullname)
@@ -3623,7 +3626,7 @@ class ResourceReader(object):
         recv = Receiver(ctx.router, persist=False, respondent=ctx)
         ctx.send(Message.pickled((kind, self._package, name),
                                  handle=GET_RESOURCE,
-                                 reply_to=recv.handle))
+                                 reply_to=recv.handle, router=ctx.router))
         return recv.get().unpickle()
 
     def open_resource(self, resource):
@@ -3771,7 +3774,8 @@ class LogHandler(logging.Handler):
             encoded = u'%s\x00%d\x00%s' % (to_text(rec.name), rec.levelno,
                                            to_text(msg))
             self.context.send(Message(data=encoded.encode('utf-8'),
-                                      handle=FORWARD_LOG))
+                                      handle=FORWARD_LOG,
+                                      router=self.context.router))
         except Exception:
             pass
         finally:
@@ -3984,7 +3988,7 @@ class ExternalContext(object):
         if self.detached:
             return
         self.detached = True
-        self.parent.send(Message(handle=DETACHING))
+        self.parent.send(Message(handle=DETACHING, router=self.router))
 
     def _on_shutdown_msg(self, msg):
         if not msg.is_dead:
