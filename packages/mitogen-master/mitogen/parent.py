@@ -1228,6 +1228,9 @@ class Router(mitogen.core.Router):
     """A router that can start children: :meth:`connect` and one method per
     connection method (:meth:`local`, ...)."""
     context_class = Context
+    #: In the master, the :class:`IdAllocator` handing out context IDs;
+    #: None in a child, which asks its parent for blocks of IDs.
+    id_allocator = None
 
     def __init__(self, broker):
         super(Router, self).__init__(broker)
@@ -1271,7 +1274,7 @@ class Router(mitogen.core.Router):
         """The context this one gave `target_id` to, from the master's
         :class:`IdAllocator` or, in a child, from the blocks of IDs it
         passed down to its children; 0 when none was given it."""
-        if mitogen.is_master:
+        if self.id_allocator is not None:
             return self.id_allocator.owner_of(target_id) or 0
         for start, end, owner in self._given_blocks:
             if start <= target_id < end:
