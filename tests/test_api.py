@@ -101,6 +101,31 @@ def test_dead_message_is_returned_when_throw_dead_is_false(router, context):
         msg.unpickle()
 
 
+class _InspectingReceiver(mitogen.core.Receiver):
+    raise_channelerror = False
+
+
+def test_receiver_without_raise_channelerror_returns_dead_messages(router,
+                                                                   context):
+    with _InspectingReceiver(router) as recv:
+        call(context, funcs.send_and_close, recv.to_sender())
+        msg = recv.get(timeout=REPLY_TIMEOUT)
+    assert msg.is_dead
+    with pytest.raises(mitogen.core.ChannelError):
+        msg.unpickle()
+
+
+def test_receiver_iteration_ends_at_a_dead_message_without_raising(router,
+                                                                    context):
+    recv = mitogen.core.Receiver(router)
+    recv.raise_channelerror = False
+    with recv:
+        context.call_no_reply(funcs.send_values, recv.to_sender(), [1, 2])
+        call(context, funcs.send_and_close, recv.to_sender())
+        values = [msg.unpickle() for msg in recv]
+    assert values == [1, 2]
+
+
 def test_closed_receiver_get_raises_channel_error(router):
     recv = mitogen.core.Receiver(router)
     recv.close()

@@ -140,7 +140,7 @@ def test_set_blocking_returns_the_previous_flags():
         before = mitogen.core.set_blocking(r, False)
         assert not before & os.O_NONBLOCK
         assert mitogen.core.get_blocking(r) is False
-        mitogen.core.set_block(r)
+        assert mitogen.core.set_blocking(r, True) & os.O_NONBLOCK
         assert mitogen.core.get_blocking(r) is True
     finally:
         os.close(r)
@@ -388,6 +388,22 @@ def test_returncode_to_str_on_every_python(child):
 
 def test_poller_lightweight_is_the_poll_poller():
     assert mitogen.parent.POLLER_LIGHTWEIGHT is mitogen.core.Poller
+
+
+def test_poller_classes_say_whether_the_platform_supports_them():
+    import select
+    assert mitogen.core.Poller.SUPPORTED is hasattr(select, 'poll')
+    assert mitogen.core.EpollPoller.SUPPORTED is hasattr(select, 'epoll')
+
+
+def test_broker_defaults_to_the_first_supported_poller(monkeypatch):
+    monkeypatch.setattr(mitogen.core.EpollPoller, 'SUPPORTED', False)
+    broker = mitogen.master.Broker()
+    try:
+        assert type(broker.poller) is mitogen.core.Poller
+    finally:
+        broker.shutdown()
+        broker.join()
 
 
 class _LightBroker(mitogen.master.Broker):

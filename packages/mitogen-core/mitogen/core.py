@@ -34,6 +34,7 @@ import itertools
 import logging
 import os
 import pickle
+import select
 import signal
 import socket
 import struct
@@ -181,8 +182,6 @@ MAX_NAME_LENGTH = 4096
 #: traceback), so an honest error always arrives.
 MAX_CALL_ERROR_LENGTH = 262144
 
-_DEAD = 'dead'
-
 LOG = logging.getLogger('mitogen')
 #: Every message read and written, at DEBUG, when enabled (see
 #: mitogen.utils.log_to_file(io=True)); quiet unless asked for.
@@ -254,11 +253,6 @@ def set_blocking(fd, blocking):
 def set_nonblock(fd):
     """Put `fd` in non-blocking mode and return its previous flags."""
     return set_blocking(fd, False)
-
-
-def set_block(fd):
-    """Put `fd` in blocking mode."""
-    set_blocking(fd, True)
 
 
 def pipe():
@@ -1558,10 +1552,11 @@ class Poller(object):
 
     Registered objects are returned by :meth:`poll` when their descriptor is
     ready; the broker uses the stream sides themselves."""
-    SUPPORTED = True
+    #: True when this platform has what the class is built on; the broker's
+    #: default is the first supported of :class:`EpollPoller` and this one.
+    SUPPORTED = hasattr(select, 'poll')
 
     def __init__(self):
-        import select
         self._select = select
         self._poll = select.poll()
         self._rfds = {}
@@ -1636,9 +1631,9 @@ class Poller(object):
 
 class EpollPoller(Poller):
     """:class:`Poller` built on epoll."""
+    SUPPORTED = hasattr(select, 'epoll')
 
     def __init__(self):
-        import select
         self._select = select
         self._epoll = select.epoll()
         self._rfds = {}
@@ -1696,8 +1691,7 @@ class EpollPoller(Poller):
 
 
 def _default_poller():
-    import select
-    if hasattr(select, 'epoll'):
+    if EpollPoller.SUPPORTED:
         return EpollPoller
     return Poller
 
@@ -1844,6 +1838,10 @@ class Stream(object):
     receive_side = None
     transmit_side = None
     protocol = None
+    #: For a stream to a child this process started, the connection that
+    #: started it (a :class:`mitogen.parent.Connection`: its process, its
+    #: method's details); None for any other stream.
+    conn = None
 
     def __init__(self, protocol=None, name=None):
         if protocol is not None:
@@ -1890,8 +1888,7 @@ class Stream(object):
         if self.disconnected:
             return
         self.disconnected = True
-        broker._stop_receive(self)
-        broker._stop_transmit(self)
+        broker.stop_polling(self)
         lock = getattr(self.protocol, '_lock', None)
         if lock is not None:
             lock.acquire()
@@ -2016,7 +2013,7 @@ class MitogenProtocol(Protocol):
             if start:
                 self._transmitting = True
         if start:
-            self._router.broker._start_transmit(self.stream)
+            self._router.broker.start_transmit(self.stream)
         return True
 
     @staticmethod
@@ -2054,7 +2051,7 @@ class MitogenProtocol(Protocol):
                     self._pending_off = 0
             self._transmitting = False
             gone = gone or self._close_when_flushed
-        broker._stop_transmit(self.stream)
+        broker.stop_transmit(self.stream)
         if gone:
             self.stream.on_disconnect(broker)
 
@@ -2160,9 +2157,7 @@ class Broker(object):
         self._thread = None
         self._waker = Waker(self)
         self._streams = set()
-        #: Waiters for child processes that have not exited yet (see
-        #: ``mitogen.parent.Reaper``): shutdown waits for them too.
-        self.reaping = set()
+        self._reapers = set()
         self.start_receive(self._waker.stream)
         self._thread = threading.Thread(
             target=_profile_hook, args=('mitogen.broker', self._broker_main),
@@ -2220,18 +2215,47 @@ class Broker(object):
             self.poller.stop_receive(side.fd)
         self._streams.discard(stream)
 
-    def _start_transmit(self, stream):
-        self.defer(self._do_start_transmit, stream)
+    def start_transmit(self, stream):
+        """Watch `stream`'s transmit side: its :meth:`Stream.on_transmit`
+        runs whenever the side can be written, until :meth:`stop_transmit`.
+        """
+        self.defer(self._start_transmit, stream)
 
-    def _do_start_transmit(self, stream):
+    def _start_transmit(self, stream):
         side = stream.transmit_side
         if side is not None and not side.closed:
             self.poller.start_transmit(side.fd, (side, stream.on_transmit))
+
+    def stop_transmit(self, stream):
+        """Stop watching `stream`'s transmit side (at once when called on
+        the broker thread, as protocols do once their queue is empty)."""
+        self.defer(self._stop_transmit, stream)
 
     def _stop_transmit(self, stream):
         side = stream.transmit_side
         if side is not None and side.fd is not None:
             self.poller.stop_transmit(side.fd)
+
+    def stop_polling(self, stream):
+        """Stop watching both sides of `stream` and forget it, at once
+        whatever the thread: :meth:`Stream.on_disconnect` calls it before it
+        closes the descriptors, so the poller never holds a closed (and
+        perhaps reused) number."""
+        self._stop_receive(stream)
+        self._stop_transmit(stream)
+
+    def add_reaper(self, reaper):
+        """Make shutdown wait for `reaper`, which waits for a child process
+        to exit (:class:`mitogen.parent.Reaper`), until
+        :meth:`remove_reaper`: a context ends only after the processes it
+        started. Past :attr:`shutdown_timeout`, shutdown calls
+        ``reaper.force()``, which must kill the process and remove the
+        reaper. Call it on the broker thread."""
+        self._reapers.add(reaper)
+
+    def remove_reaper(self, reaper):
+        """Forget `reaper` (see :meth:`add_reaper`); its process is gone."""
+        self._reapers.discard(reaper)
 
     def keep_alive(self):
         """True while any stream with a keep-alive side remains."""
@@ -2312,7 +2336,7 @@ class Broker(object):
             # Until the children's processes are gone too: closing the
             # stream to our parent lets it reap (and signal) this process,
             # which must not end before its own children.
-            if self.reaping:
+            if self._reapers:
                 return True
             for s in downward:
                 side = s.receive_side
@@ -2331,7 +2355,7 @@ class Broker(object):
                 if side is not None and side.keep_alive and not side.closed:
                     s.on_disconnect(self)
             self._waker.run_deferred()
-            for reaper in list(self.reaping):
+            for reaper in list(self._reapers):
                 reaper.force()
         self._shutdown_streams(upward)
         deadline = max(deadline, now() + 1.0)
@@ -2467,7 +2491,11 @@ class Receiver(object):
     """
     #: Called with the receiver after each message is queued.
     notify = None
-    #: :meth:`get` raises :class:`ChannelError` on a dead message.
+    #: When true, :meth:`get` raises :class:`ChannelError` on a dead
+    #: message (unless called with ``throw_dead=False``); when false it
+    #: returns dead messages like any other, for a subclass or an instance
+    #: that inspects them itself. Iteration ends at a dead message either
+    #: way.
     raise_channelerror = True
     #: The flow control window in bytes, or None; see the `window` argument.
     window = None
@@ -2595,23 +2623,27 @@ class Receiver(object):
 
         :raises TimeoutError: when `timeout` seconds pass first.
         :raises ChannelError: when the receiver is closed, or a dead message
-            arrives and `throw_dead` is true."""
+            arrives while `throw_dead` and :attr:`raise_channelerror` are
+            true."""
         try:
             msg = self._latch.get(timeout=timeout, block=block)
         except LatchError:
             raise ChannelError(ChannelError.local_msg)
         if self.window is not None and not msg.is_dead:
             self._consumed(msg)
-        if msg.is_dead and throw_dead:
+        if msg.is_dead and throw_dead and self.raise_channelerror:
             msg.unpickle()
         return msg
 
     def __iter__(self):
-        """Yield messages until the channel is closed."""
+        """Yield messages until the channel is closed or a dead message
+        arrives."""
         while True:
             try:
                 msg = self.get()
             except ChannelError:
+                return
+            if msg.is_dead:
                 return
             yield msg
 
@@ -2742,6 +2774,10 @@ class Router(object):
     service_stub_recv = None
     #: When true, messages between two child streams are refused.
     unidirectional = False
+    #: In a child, the name its parent gave this context (set by
+    #: :class:`ExternalContext`); :meth:`myself` carries it. None in the
+    #: master, whose :meth:`myself` is called ``master``.
+    context_name = None
     #: Dropped messages logged in full per stream and per
     #: :attr:`drop_log_interval`; the others are counted and summarised.
     drop_log_burst = 10
@@ -2768,7 +2804,6 @@ class Router(object):
         self._drop_lock = threading.Lock()
         self._drop_windows = {}
         self._drop_summary_due = False
-        self._setup_logging()
         self._handle_map = {}
         self._handles_by_respondent = {}
         self._stream_by_id = {}
@@ -2783,9 +2818,6 @@ class Router(object):
 
     def __repr__(self):
         return 'Router(%r)' % (self.broker,)
-
-    def _setup_logging(self):
-        pass
 
     # The identity follows the package globals unless it was given: a child
     # (or a process attached with mitogen.unix) learns its ID after parts of
@@ -2824,7 +2856,7 @@ class Router(object):
 
     def myself(self):
         """Return the :class:`Context` for this process."""
-        name = getattr(self, '_my_name', None)
+        name = self.context_name
         if name is None:
             name = 'master' if self.context_id == 0 else None
         return self.context_class(self, self.context_id, name)
@@ -3297,6 +3329,109 @@ class ModuleNotServed(_NotFoundBase):
     modules (``except ModuleNotFoundError``) behaves as without mitogen."""
 
 
+class ModuleRecord(object):
+    """One module as :data:`LOAD_MODULE` carries it, by field name.
+
+    On the wire the body is a pickled 5-tuple, the same whoever builds it
+    (the master's responder, an intermediate's forwarder, a fork)::
+
+        (fullname, pkg_present, path, compressed, related)   # found
+        (fullname, None,        None, None,       reason)    # not served
+
+    The fourth field tells the two apart: for a found module the fifth is
+    the list of related modules the sender may preload, for one it does not
+    serve it is the reason (text, shown in the child's :class:`ImportError`
+    as a refusal) or None (simply not found). :meth:`to_message` and
+    :meth:`from_message` are the only code that knows the positions.
+
+    Use :meth:`found` and :meth:`absent` to build one.
+    """
+    __slots__ = ('fullname', 'pkg_present', 'path', 'compressed', 'related',
+                 'reason')
+
+    def __init__(self, fullname, pkg_present, path, compressed, related,
+                 reason):
+        #: The module's dotted name (native ``str``).
+        self.fullname = fullname
+        #: For a package, the names of its submodules the sender has (a
+        #: list, possibly empty); None for a plain module.
+        self.pkg_present = pkg_present
+        #: The file name shown in tracebacks, or None.
+        self.path = path
+        #: The zlib-compressed source (bytes), or None when not served.
+        self.compressed = compressed
+        #: Names of modules that importing this one will ask for.
+        self.related = related
+        #: Why the module is not served, when it was refused; else None.
+        self.reason = reason
+
+    @classmethod
+    def found(cls, fullname, pkg_present, path, compressed, related=()):
+        """A record for a module that is served."""
+        return cls(fullname, pkg_present, path, compressed, list(related),
+                   None)
+
+    @classmethod
+    def absent(cls, fullname, reason=None):
+        """A record for a module that is not served: refused with
+        `reason`, or simply not found when `reason` is None."""
+        return cls(fullname, None, None, None, [], reason)
+
+    @property
+    def is_found(self):
+        """True when the record carries the module's source."""
+        return self.compressed is not None
+
+    @property
+    def is_pkg(self):
+        """True when the module is a package."""
+        return self.pkg_present is not None
+
+    def __repr__(self):
+        if self.is_found:
+            return 'ModuleRecord(%r, %d bytes)' % (self.fullname,
+                                                   len(self.compressed))
+        return 'ModuleRecord(%r, absent: %r)' % (self.fullname, self.reason)
+
+    def to_tuple(self):
+        """The body as it travels: the 5-tuple described above."""
+        if self.is_found:
+            return (self.fullname, self.pkg_present, self.path,
+                    self.compressed, self.related)
+        return (self.fullname, None, None, None, self.reason)
+
+    def to_message(self, **kwargs):
+        """A :data:`LOAD_MODULE` :class:`Message` carrying this record;
+        `kwargs` are passed to :meth:`Message.pickled` (``dst_id``)."""
+        return Message.pickled(self.to_tuple(), handle=LOAD_MODULE, **kwargs)
+
+    @classmethod
+    def from_message(cls, msg):
+        """Read the body of the :data:`LOAD_MODULE` message `msg`.
+
+        :raises StreamError: when a field has the wrong type."""
+        body = control_body(msg, 'LOAD_MODULE', 5)
+        # Any name our importer may have asked for, valid or not, so that
+        # the answer "absent" wakes whoever waits for it.
+        _check_text('LOAD_MODULE name', body[0], MAX_NAME_LENGTH)
+        fullname, pkg_present, path, compressed, last = body
+        for value, types in ((pkg_present, (list, tuple)),
+                             (path, FsPathTypes), (compressed, BytesType)):
+            if value is not None and not isinstance(value, types):
+                raise StreamError('refusing LOAD_MODULE of %s: malformed'
+                                  % (_short_repr(fullname),))
+        if compressed is not None and not isinstance(last or [], (list, tuple)):
+            raise StreamError('refusing LOAD_MODULE of %s: malformed'
+                              % (_short_repr(fullname),))
+        fullname = to_native(fullname)
+        if compressed is None:
+            return cls.absent(fullname, to_text(last) if last else None)
+        if pkg_present is not None:
+            pkg_present = [to_native(n) for n in pkg_present]
+        return cls.found(fullname, pkg_present, path, compressed,
+                         [to_native(n) for n in last or ()])
+
+
 class Importer(object):
     """Imports modules from the parent context, as a :data:`sys.meta_path`
     hook placed after the normal finders: a module installed in the child
@@ -3317,7 +3452,7 @@ class Importer(object):
         self._router = router
         self._context = context
         self._lock = threading.Lock()
-        #: fullname -> LOAD_MODULE tuple
+        #: fullname -> ModuleRecord of a module received
         self._cache = {}
         #: fullname -> reason, for modules the parent cannot serve
         self._absent = {}
@@ -3335,12 +3470,57 @@ class Importer(object):
                            policy=has_parent_authority)
         if core_compressed is not None:
             # Kept as it arrived, for children this context may start.
-            self._cache['mitogen.core'] = (
-                'mitogen.core', None, 'mitogen/core.py', core_compressed, [],
-            )
+            self._cache['mitogen.core'] = ModuleRecord.found(
+                'mitogen.core', None, 'mitogen/core.py', core_compressed)
 
     def __repr__(self):
         return 'Importer'
+
+    @property
+    def core_compressed(self):
+        """The zlib-compressed core this context was started with, kept for
+        the children it starts; None if it has none."""
+        record = self._cache.get('mitogen.core')
+        return record.compressed if record is not None else None
+
+    def get_record(self, fullname):
+        """What this importer knows of `fullname`, as a
+        :class:`ModuleRecord`: the module as received, or an absent record
+        (with the parent's reason when it refused the module); None while
+        nothing is known. The forwarder of a context that starts children
+        answers them with it."""
+        with self._lock:
+            record = self._cache.get(fullname)
+            if record is not None:
+                return record
+            if fullname not in self._absent:
+                return None
+            reason = None
+            if fullname in self._refused:
+                reason = self._absent[fullname]
+            return ModuleRecord.absent(fullname, reason)
+
+    def package_contents(self, pkgname):
+        """Names of the submodules of package `pkgname` the parent has, or
+        None when they are not known."""
+        return self._present.get(pkgname)
+
+    def inherit(self, other):
+        """Take over what the importer `other` learned (modules received,
+        names absent or refused, package contents) without replacing what
+        this one knows: a forked context starts with the knowledge of the
+        process it was forked from instead of asking its parent again.
+
+        `other` is read without its lock: in a fork, a thread that no longer
+        exists may have held it at the moment of the fork."""
+        with self._lock:
+            for name, record in list(other._cache.items()):
+                self._cache.setdefault(name, record)
+            for name, reason in list(other._absent.items()):
+                self._absent.setdefault(name, reason)
+            self._refused.update(other._refused)
+            for name, names in list(other._present.items()):
+                self._present.setdefault(name, names)
 
     # Python 2 / legacy protocol.
     def find_module(self, fullname, path=None):
@@ -3402,7 +3582,7 @@ class Importer(object):
             if self._router.broker.on_thread():
                 return None
             try:
-                tup = self._get_module(fullname)
+                record = self._get_module(fullname)
             except ModuleNotServed:
                 if fullname not in self._refused:
                     return None
@@ -3411,11 +3591,10 @@ class Importer(object):
             # parent refused, instead of a bare "No module named".
             return importlib.util.spec_from_loader(
                 fullname, _RefusedLoader(self.import_error(fullname)))
-        is_pkg = tup[1] is not None
         spec = importlib.util.spec_from_loader(fullname, self,
-                                               origin=tup[2],
-                                               is_package=is_pkg)
-        if tup[2]:
+                                               origin=record.path,
+                                               is_package=record.is_pkg)
+        if record.path:
             spec.has_location = False
         return spec
 
@@ -3424,11 +3603,11 @@ class Importer(object):
 
     def exec_module(self, module):
         fullname = module.__name__
-        tup = self._get_module(fullname)
-        self._prepare(module, tup)
-        if tup[1] is not None and sys.version_info[:2] == (3, 9):
+        record = self._get_module(fullname)
+        self._prepare(module, record)
+        if record.is_pkg and sys.version_info[:2] == (3, 9):
             _teach_files_to_python39()
-        code = self._compile(tup)
+        code = self._compile(record)
         exec(code, module.__dict__)
 
     def load_module(self, fullname):
@@ -3436,55 +3615,55 @@ class Importer(object):
         if self._router.broker.on_thread():
             raise ImportError('cannot import %r on the broker thread'
                               % (fullname,))
-        tup = self._get_module(fullname)
+        record = self._get_module(fullname)
         module = sys.modules.get(fullname)
         created = module is None
         if created:
             module = types.ModuleType(fullname)
             sys.modules[fullname] = module
         module.__loader__ = self
-        self._prepare(module, tup)
+        self._prepare(module, record)
         try:
-            exec(self._compile(tup), module.__dict__)
+            exec(self._compile(record), module.__dict__)
         except BaseException:
             if created:
                 sys.modules.pop(fullname, None)
             raise
         return sys.modules.get(fullname, module)
 
-    def _prepare(self, module, tup):
-        fullname, pkg_present, path, _, _ = tup
-        fullname = to_native(fullname)
-        module.__file__ = self._filename(tup)
-        if pkg_present is not None:
+    def _prepare(self, module, record):
+        fullname = record.fullname
+        module.__file__ = self._filename(record)
+        if record.is_pkg:
             module.__path__ = []
             module.__package__ = fullname
-            self._present[fullname] = pkg_present
+            self._present[fullname] = record.pkg_present
         else:
             module.__package__ = fullname.rpartition('.')[0]
 
-    def _filename(self, tup):
-        return to_native('master:%s' % (to_text(tup[2] or tup[0]),))
+    def _filename(self, record):
+        return to_native('master:%s' % (to_text(record.path or
+                                                record.fullname),))
 
-    def _compile(self, tup):
-        fullname, pkg_present, path, compressed, _ = tup
+    def _compile(self, record):
+        compressed = record.compressed
         source = zlib.decompress(compressed) if compressed else b''
-        return compile(source, self._filename(tup), 'exec', 0, True)
+        return compile(source, self._filename(record), 'exec', 0, True)
 
     def get_source(self, fullname):
         """Return the source text of `fullname`, for tracebacks."""
-        tup = self._cache.get(fullname)
-        if tup is None or not tup[3]:
+        record = self._cache.get(fullname)
+        if record is None or not record.compressed:
             return None
-        return to_text(zlib.decompress(tup[3]))
+        return to_text(zlib.decompress(record.compressed))
 
     def get_filename(self, fullname):
-        tup = self._cache.get(fullname)
-        return self._filename(tup) if tup else None
+        record = self._cache.get(fullname)
+        return self._filename(record) if record else None
 
     def is_package(self, fullname):
-        tup = self._cache.get(fullname)
-        return tup is not None and tup[1] is not None
+        record = self._cache.get(fullname)
+        return record is not None and record.is_pkg
 
     def get_resource_reader(self, fullname):
         """Resource reader for :mod:`importlib.resources` on Python 3.7+:
@@ -3496,28 +3675,18 @@ class Importer(object):
     def _on_load_module(self, msg):
         if msg.is_dead:
             return
-        tup = control_body(msg, 'LOAD_MODULE', 5)
-        # Any name our importer may have asked for, valid or not, so that
-        # the answer "absent" wakes whoever waits for it.
-        _check_text('LOAD_MODULE name', tup[0], MAX_NAME_LENGTH)
-        for value, types in ((tup[1], (list, tuple)), (tup[2], FsPathTypes),
-                             (tup[3], BytesType)):
-            if value is not None and not isinstance(value, types):
-                raise StreamError('refusing LOAD_MODULE of %s: malformed'
-                                  % (_short_repr(tup[0]),))
-        fullname = to_native(tup[0])
-        tup = (fullname,) + tuple(tup[1:])
+        record = ModuleRecord.from_message(msg)
+        fullname = record.fullname
         with self._lock:
-            if tup[3] is None:
-                self._absent[fullname] = to_text(tup[4] or
-                                                 'not found on the parent')
-                if tup[4]:
+            if not record.is_found:
+                self._absent[fullname] = record.reason or \
+                    u'not found on the parent'
+                if record.reason:
                     self._refused.add(fullname)
             else:
-                self._cache[fullname] = tup
-                if tup[1] is not None:
-                    self._present[fullname] = [to_native(n)
-                                               for n in tup[1]]
+                self._cache[fullname] = record
+                if record.is_pkg:
+                    self._present[fullname] = record.pkg_present
             callbacks = self._callbacks.pop(fullname, [])
         self._run_callbacks(callbacks)
 
@@ -3559,9 +3728,9 @@ class Importer(object):
 
     def _get_module(self, fullname):
         with self._lock:
-            tup = self._cache.get(fullname)
-            if tup is not None:
-                return tup
+            record = self._cache.get(fullname)
+            if record is not None:
+                return record
             reason = self._absent.get(fullname)
             if reason is not None:
                 raise ModuleNotServed(reason)
@@ -3575,9 +3744,9 @@ class Importer(object):
                                        router=self._context.router))
         latch.get()
         with self._lock:
-            tup = self._cache.get(fullname)
-            if tup is not None:
-                return tup
+            record = self._cache.get(fullname)
+            if record is not None:
+                return record
             raise ModuleNotServed(self._absent.get(fullname,
                                                    'not served'))
 
@@ -3896,6 +4065,8 @@ class ExternalContext(object):
 
     :param dict config: values sent by the parent at boot.
     """
+    #: Set by :meth:`detach`: losing the parent then no longer shuts this
+    #: context down.
     detached = False
     _parent_lost = False
     #: Seconds code still running on the main thread is given to finish
@@ -3934,7 +4105,7 @@ class ExternalContext(object):
         self.broker.shutdown_timeout = float(self.config.get(
             'shutdown_timeout', Broker.shutdown_timeout))
         self.router = Router(self.broker)
-        self.router._my_name = self.config.get('name')
+        self.router.context_name = self.config.get('name')
         self.router.unidirectional = bool(self.config.get('unidirectional'))
         for key in self.config.get('registered_types', ()):
             self.router._registered_types[tuple(key)] = 'lazy'
@@ -4034,15 +4205,15 @@ class ExternalContext(object):
         """Return the parent's ``__main__`` module, loading it on first use
         (it is served with its main guard removed)."""
         if self._main_module is None:
-            tup = self.importer._get_module('__main__')
+            record = self.importer._get_module('__main__')
             mod = types.ModuleType('__mitogen_main__')
             mod.__loader__ = self.importer
-            self.importer._prepare(mod, tup)
+            self.importer._prepare(mod, record)
             mod.__name__ = '__main__'
             old_main = sys.modules.get('__main__')
             sys.modules['__main__'] = mod
             try:
-                exec(self.importer._compile(tup), mod.__dict__)
+                exec(self.importer._compile(record), mod.__dict__)
             except BaseException:
                 if old_main is not None:
                     sys.modules['__main__'] = old_main

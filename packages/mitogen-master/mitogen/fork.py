@@ -171,7 +171,8 @@ class Connection(mitogen.parent.Connection):
         # have held at the moment of the fork.
         parent_ids = [mitogen.context_id] + list(mitogen.parent_ids)
         config = self.get_config(context_id, parent_ids, self.options.name)
-        setup = _ForkSetup(config, _core_entry(), self.options)
+        setup = _ForkSetup(config, mitogen.parent.get_core_compressed(),
+                           self.options)
         parent_sock, child_sock = socket.socketpair()
         try:
             for sock in (parent_sock, child_sock):
@@ -213,20 +214,6 @@ def _fork():
             return os.fork()
 
 
-def _core_entry():
-    """The importer cache entry (a :data:`mitogen.core.LOAD_MODULE` tuple)
-    of the core, which a context needs to start children of its own: in a
-    child, the one its importer holds; in the master, made from the file.
-    Taken already compressed, so that no fork spends time compressing it
-    again."""
-    for importer in _find_importers():
-        tup = importer._cache.get('mitogen.core')
-        if tup is not None:
-            return tup
-    return ('mitogen.core', None, 'mitogen/core.py',
-            mitogen.parent._core_cache()[1], [])
-
-
 def _find_importers():
     return [f for f in sys.meta_path
             if isinstance(f, mitogen.core.Importer)]
@@ -243,9 +230,11 @@ class _ForkSetup(object):
     """What the fork does between ``os.fork()`` and running its context.
     Holds only data gathered by the parent before forking."""
 
-    def __init__(self, config, core_entry, options):
+    def __init__(self, config, core_compressed, options):
         self.config = config
-        self.core_entry = core_entry
+        # The core the fork's own children will receive, taken already
+        # compressed so that no fork spends time compressing it again.
+        self.core_compressed = core_compressed
         self.on_fork = options.on_fork
         self.on_start = options.on_start
         self.name = options.name
@@ -305,8 +294,7 @@ class _ForkSetup(object):
         config['out_fd'] = fd
         config['name'] = self.name or u'fork.%d' % (os.getpid(),)
         econtext = _ForkedContext(config)
-        econtext.core_compressed = None
-        econtext.core_entry = self.core_entry
+        econtext.core_compressed = self.core_compressed
         econtext.ready_line = mitogen.core.ready_line()
         econtext.inherited_importers = old_importers
         econtext.inherited_main = self._inherited_main()
@@ -441,23 +429,15 @@ def _reset_logging():
 class _ForkedContext(mitogen.core.ExternalContext):
     """The child context of a fork: shares the importer state and the
     ``__main__`` module it inherited."""
-    core_entry = None
     inherited_importers = ()
     inherited_main = None
 
     def _setup_importer(self):
         super(_ForkedContext, self)._setup_importer()
         new = self.importer
-        new._cache['mitogen.core'] = self.core_entry
         for old in self.inherited_importers:
             # Modules the forking child fetched need no new round trip.
-            for name, tup in list(old._cache.items()):
-                new._cache.setdefault(name, tup)
-            for name, reason in list(old._absent.items()):
-                new._absent.setdefault(name, reason)
-            new._refused.update(old._refused)
-            for name, present in list(old._present.items()):
-                new._present.setdefault(name, present)
+            new.inherit(old)
         if self.inherited_importers:
             self._adopt_modules(new)
 

@@ -1024,9 +1024,7 @@ class ModuleResponder:
     context has not been sent yet, so that importing a package of many
     interdependent modules costs a few round trips instead of one each.
 
-    A LOAD_MODULE body is ``(fullname, pkg_present, path, compressed,
-    related)``; for a module that is not served, ``compressed`` is None and
-    the last field holds the reason.
+    Each answer is a :class:`mitogen.core.ModuleRecord`.
     """
 
     #: Most compressed bytes of related modules preloaded in answer to one
@@ -1098,23 +1096,24 @@ class ModuleResponder:
             path, source, is_pkg = func(fullname, path, source, is_pkg)
         return path, source
 
-    def _build_tuple(self, fullname):
+    def _build_record(self, fullname):
         refusal = self._list_refusal(fullname)
         if refusal:
-            return (fullname, None, None, None, refusal)
-        tup = self._cache.get(fullname)
-        if tup is not None:
-            return tup
+            return mitogen.core.ModuleRecord.absent(fullname, refusal)
+        record = self._cache.get(fullname)
+        if record is not None:
+            return record
         if fullname == 'mitogen.master':
-            tup = (fullname, None, 'mitogen/master.py',
-                   mitogen.core.Blob(zlib.compress(CHILD_MASTER_STUB)), [])
-            self._cache[fullname] = tup
-            return tup
+            record = mitogen.core.ModuleRecord.found(
+                fullname, None, 'mitogen/master.py',
+                mitogen.core.Blob(zlib.compress(CHILD_MASTER_STUB)))
+            self._cache[fullname] = record
+            return record
         reason = self._finder.why_not_served(fullname)
         src = None if reason else self._finder.find(fullname)
         if src is None:
             # A reason means "refused"; None means simply not found.
-            tup = (fullname, None, None, None, reason or None)
+            record = mitogen.core.ModuleRecord.absent(fullname, reason or None)
         else:
             related = [] if fullname == '__main__' else \
                 self._finder.find_related(fullname)
@@ -1122,21 +1121,19 @@ class ModuleResponder:
             if src.is_pkg and pkg_present is None:
                 pkg_present = []
             path, source = self._modified(fullname, src)
-            tup = (fullname, pkg_present, path,
-                   mitogen.core.Blob(zlib.compress(source, 6)),
-                   related)
+            record = mitogen.core.ModuleRecord.found(
+                fullname, pkg_present, path,
+                mitogen.core.Blob(zlib.compress(source, 6)), related)
         if fullname != '__main__':
-            self._cache[fullname] = tup
-        return tup
+            self._cache[fullname] = record
+        return record
 
-    def _send(self, context_id, tup):
-        if tup[3] is None:
-            self.bad_load_module_count += 1
-        else:
+    def _send(self, context_id, record):
+        if record.is_found:
             self.good_load_module_count += 1
-        self._router.route(mitogen.core.Message.pickled(
-            tup, dst_id=context_id, handle=mitogen.core.LOAD_MODULE,
-        ))
+        else:
+            self.bad_load_module_count += 1
+        self._router.route(record.to_message(dst_id=context_id))
 
     def _on_get_module(self, msg):
         if msg.is_dead:
@@ -1147,25 +1144,25 @@ class ModuleResponder:
             if not mitogen.core.is_module_name(fullname):
                 # Not worth a search (and never worth a traceback): the
                 # requester hears that it is absent.
-                tup = (fullname, None, None, None, None)
+                record = mitogen.core.ModuleRecord.absent(fullname)
             else:
-                tup = self._build_tuple(fullname)
+                record = self._build_record(fullname)
         except Exception as e:
             _LOG.exception('%r: while finding %r', self, fullname)
-            tup = (fullname, None, None, None,
-                   'the master failed to read it: %s' % (e,))
+            record = mitogen.core.ModuleRecord.absent(
+                fullname, 'the master failed to read it: %s' % (e,))
         sent = self._sent.setdefault(msg.src_id, set())
         budget = self.preload_budget
-        for name in tup[4] if tup[3] is not None else ():
+        for name in record.related:
             if name in sent:
                 continue
             try:
-                rtup = self._build_tuple(name)
+                related = self._build_record(name)
             except Exception:
                 continue
-            if rtup[3] is None:
+            if not related.is_found:
                 continue
-            budget -= len(rtup[3])
+            budget -= len(related.compressed)
             if budget < 0:
                 # Imports found inside functions count as related too, so
                 # a module deep in a large package can relate to hundreds
@@ -1173,9 +1170,9 @@ class ModuleResponder:
                 # really uses.
                 break
             sent.add(name)
-            self._send(msg.src_id, rtup)
+            self._send(msg.src_id, related)
         sent.add(fullname)
-        self._send(msg.src_id, tup)
+        self._send(msg.src_id, record)
 
     def forward_modules(self, context, fullnames):
         """Send the modules `fullnames` (with the packages holding them and
@@ -1196,19 +1193,18 @@ class ModuleResponder:
                     names.append(name)
         # Preloading: what importing them will ask for travels with them.
         for name in list(names):
-            tup = self._build_tuple(name)
-            for related in tup[4] if tup[3] is not None else ():
+            for related in self._build_record(name).related:
                 if related not in names:
                     names.append(related)
         for name in names:
-            tup = self._build_tuple(name)
-            if tup[3] is None:
+            record = self._build_record(name)
+            if not record.is_found:
                 continue
             for hop in path or [context]:
                 sent = self._sent.setdefault(hop.context_id, set())
                 if name not in sent:
                     sent.add(name)
-                    self._send(hop.context_id, tup)
+                    self._send(hop.context_id, record)
             if path:
                 self._router.route(mitogen.core.Message.pickled(
                     (context.context_id, name), dst_id=path[-1].context_id,

@@ -55,10 +55,11 @@ _REAP_SIGNALS = (signal.SIGTERM, signal.SIGKILL)
 
 #: A poller class cheaper to set up than epoll, for brokers that watch few
 #: descriptors: :class:`mitogen.core.Poller` (``poll()``) where the platform
-#: has ``poll()``, else the default. Use it as the ``poller_class`` of a
-#: :class:`mitogen.core.Broker` subclass, or pass it to the broker.
-POLLER_LIGHTWEIGHT = (mitogen.core.Poller if hasattr(select, 'poll')
-                      else mitogen.core._default_poller())
+#: has ``poll()``, else :class:`mitogen.core.EpollPoller`. Use it as the
+#: ``poller_class`` of a :class:`mitogen.core.Broker` subclass, or pass it
+#: to the broker.
+POLLER_LIGHTWEIGHT = (mitogen.core.Poller if mitogen.core.Poller.SUPPORTED
+                      else mitogen.core.EpollPoller)
 
 
 class EofError(mitogen.core.StreamError):
@@ -89,40 +90,39 @@ class CoreVersionError(mitogen.core.StreamError):
 
 
 def get_core_source():
-    """Return the source of the core shipped to children (bytes)."""
-    return _core_cache()[0]
+    """Return the source of the installed core (bytes), as the master
+    ships it to children."""
+    return _installed_core()[0]
+
+
+def get_core_compressed():
+    """Return the zlib-compressed core a new child receives at boot. In a
+    child this is the core it was started with
+    (:attr:`mitogen.core.Importer.core_compressed`), so every generation runs
+    the master's core; in the master, the installed core, compressed once."""
+    if not mitogen.is_master:
+        importer = _find_importer()
+        if importer is not None and importer.core_compressed is not None:
+            return importer.core_compressed
+    return _installed_core()[1]
 
 
 _core_lock = threading.Lock()
 _core_data = []
 
 
-def _core_cache():
+def _installed_core():
+    # [source, compressed source], read and compressed on first use.
     with _core_lock:
         if not _core_data:
-            importer = getattr(mitogen.core, '_mitogen_core_source', None)
-            if importer is not None:
-                src = importer
-            else:
-                path = mitogen.core.__file__
-                if path.endswith(('.pyc', '.pyo')):
-                    path = path[:-1]
-                with open(path, 'rb') as fp:
-                    src = fp.read()
+            path = mitogen.core.__file__
+            if path.endswith(('.pyc', '.pyo')):
+                path = path[:-1]
+            with open(path, 'rb') as fp:
+                src = fp.read()
             _core_data.append(src)
             _core_data.append(zlib.compress(src, 9))
         return _core_data
-
-
-def _core_from_importer():
-    """In a child, the compressed core arrived with the bootstrap and is
-    kept by the importer; grandchildren get the same bytes."""
-    importer = _find_importer()
-    if importer is not None:
-        tup = importer._cache.get('mitogen.core')
-        if tup is not None:
-            return tup[3]
-    return None
 
 
 #: First stage of the bootstrap, run by ``python -c``: announce readiness,
@@ -174,7 +174,7 @@ def _mitogen_pkg_present():
     if not names:
         importer = _find_importer()
         if importer is not None:
-            names.update(importer._present.get('mitogen', ()))
+            names.update(importer.package_contents('mitogen') or ())
     return sorted(names)
 
 
@@ -794,10 +794,7 @@ class Connection(object):
         proc = self.proc
         if proc is None:
             return
-        deadline = now() + 1.0
-        while proc.poll() is None and now() < deadline:
-            select.select([], [], [], 0.01)
-        if proc.poll() is None:
+        if not _wait_for_exit(proc, 1.0):
             try:
                 proc.kill()
             except OSError:
@@ -903,7 +900,7 @@ class Connection(object):
         parent_ids = [mitogen.context_id] + list(mitogen.parent_ids)
         config = self.get_config(context_id, parent_ids, name)
         flags, body = mitogen.core.serialize(config)
-        compressed = self._core_compressed()
+        compressed = get_core_compressed()
         payload = b''.join([
             ('%010d' % len(compressed)).encode('ascii'), compressed,
             ('%010d' % (len(body) + 1)).encode('ascii'),
@@ -913,12 +910,6 @@ class Connection(object):
         rest = self._read_until(fd, b'MITO001', deadline, rest)
         self._check_version(self._marker_line)
         return fd, rest
-
-    def _core_compressed(self):
-        compressed = _core_from_importer() if not mitogen.is_master else None
-        if compressed is not None:
-            return compressed
-        return _core_cache()[1]
 
     def _check_version(self, line):
         parts = to_text(line).split()
@@ -1582,7 +1573,18 @@ class IdAllocator(object):
 def upgrade_router(econtext):
     """Give the router of a child context the abilities of a parent (start
     children, allocate IDs, forward modules) the first time it needs them.
-    Returns the router."""
+    Returns the router.
+
+    The router is upgraded in place, by making its class :class:`Router`:
+    the core creates it at boot, before this module can even be imported
+    (it arrives through that router's importer), and by the time a child
+    starts children of its own, streams, handlers, contexts and user code
+    all hold it. A new router object would mean moving every one of those
+    registrations and references; changing the class of the one object
+    keeps them all. That is why :class:`Router` adds only methods and
+    class attributes to :class:`mitogen.core.Router`, and sets up the
+    state they need in one place, ``_init_parent()``, which its constructor
+    and this function both call."""
     router = econtext.router
     if not isinstance(router, Router):
         router.__class__ = Router
@@ -1662,27 +1664,18 @@ class ModuleForwarder(object):
         self.importer.request_module(
             fullname, lambda: self._send(context_id, fullname, preload=True))
 
-    def _tuple(self, fullname):
-        tup = self.importer._cache.get(fullname)
-        if tup is not None:
-            return tup
-        reason = None
-        if fullname in self.importer._refused:
-            reason = self.importer._absent.get(fullname)
-        return (fullname, None, None, None, reason)
-
     def _send(self, dst_id, fullname, preload):
-        tup = self._tuple(fullname)
+        record = self.importer.get_record(fullname) or \
+            mitogen.core.ModuleRecord.absent(fullname)
         sent = self._sent.setdefault(dst_id, set())
-        if preload and tup[3] is not None:
-            for name in tup[4] or ():
-                name = mitogen.core.to_native(name)
-                if name in sent or name not in self.importer._cache:
+        if preload:
+            for name in record.related:
+                related = self.importer.get_record(name)
+                if name in sent or related is None or not related.is_found:
                     continue
                 self._send(dst_id, name, preload=False)
         sent.add(fullname)
-        self.router.route(mitogen.core.Message.pickled(
-            tup, dst_id=dst_id, handle=mitogen.core.LOAD_MODULE))
+        self.router.route(record.to_message(dst_id=dst_id))
 
 
 def _encode_callables(kwargs):
@@ -1778,6 +1771,16 @@ def _proxy_error(e, via_context):
     return cls('%s (via %s)' % (e.remote_message, via_context.name))
 
 
+def _wait_for_exit(proc, timeout):
+    # Polled rather than wait()ed: `proc` may be a Paramiko channel's
+    # stand-in, and a timed wait() is missing on Python 2. True once it
+    # exited.
+    deadline = now() + timeout
+    while proc.poll() is None and now() < deadline:
+        select.select([], [], [], 0.01)
+    return proc.poll() is not None
+
+
 def _reap_in_background(proc):
     # A detached child may run for longer than this context: collect its
     # exit status whenever it comes, without holding up shutdown.
@@ -1805,7 +1808,7 @@ class Reaper(object):
 
     def start(self):
         self._deadline = now() + self.grace[0]
-        self.broker.reaping.add(self)
+        self.broker.add_reaper(self)
         mitogen.core.listen(self.broker, 'exit', self._on_broker_exit)
         self._poll()
 
@@ -1818,7 +1821,7 @@ class Reaper(object):
             self.latch = None
             if self.on_done is not None:
                 self.on_done()
-        self.broker.reaping.discard(self)
+        self.broker.remove_reaper(self)
         mitogen.core.unlisten(self.broker, 'exit', self._on_broker_exit)
 
     def _poll(self):
@@ -1851,22 +1854,16 @@ class Reaper(object):
         briefly, synchronously."""
         if self.proc.poll() is None:
             self._signal(signal.SIGKILL)
-            deadline = now() + self.grace[1]
-            while self.proc.poll() is None and now() < deadline:
-                select.select([], [], [], 0.01)
+            _wait_for_exit(self.proc, self.grace[1])
         self._done()
 
     def _on_broker_exit(self):
         # The broker is gone: finish the job synchronously.
-        deadline = now() + self.grace[0]
-        while self.proc.poll() is None and now() < deadline:
-            select.select([], [], [], 0.01)
+        exited = _wait_for_exit(self.proc, self.grace[0])
         for sig in self._signals:
-            if self.proc.poll() is not None:
+            if exited:
                 break
             self._signal(sig)
-            deadline = now() + self.grace[1]
-            while self.proc.poll() is None and now() < deadline:
-                select.select([], [], [], 0.01)
+            exited = _wait_for_exit(self.proc, self.grace[1])
         self._done()
 
