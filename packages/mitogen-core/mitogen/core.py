@@ -2871,6 +2871,11 @@ class Router(object):
         self._registered_types[key] = cls
         return cls
 
+    def registered_types(self):
+        """``(module, name)`` of every type this router accepts through
+        :meth:`register_type`; a parent passes them on to its children."""
+        return list(self._registered_types)
+
     def _resolve_registered_type(self, module, name):
         obj = self._registered_types.get((module, name))
         if obj is not None:

@@ -857,7 +857,7 @@ class Connection(object):
             'debug': self.options.debug,
             'profiling': self.options.profiling,
             'pkg_present': _mitogen_pkg_present(),
-            'registered_types': [list(k) for k in router._registered_types],
+            'registered_types': [list(k) for k in router.registered_types()],
             'remote_name': self.options.remote_name,
             'unidirectional': self.options.unidirectional,
             'shutdown_timeout': max(
@@ -1281,10 +1281,11 @@ class Router(mitogen.core.Router):
         requester = msg.src_id
 
         def on_reply(reply):
-            if reply.is_dead:
-                self._maybe_send_dead(msg, reply._dead_reason())
+            try:
+                start, end = reply.unpickle()
+            except mitogen.core.ChannelError as e:
+                self._maybe_send_dead(msg, str(e))
                 return
-            start, end = reply.unpickle()
             self._given_blocks.append((start, end, requester))
             msg.reply((start, end))
         parent = self.context_by_id(mitogen.parent_id)
