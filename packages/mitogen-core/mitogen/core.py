@@ -140,7 +140,8 @@ ALLOCATE_ID = 105
 #: Handle of shutdown requests; accepted only from an ancestor.
 SHUTDOWN = 106
 #: Handle of module sources, sent in answer to :data:`GET_MODULE` or ahead
-#: of time; accepted only from an ancestor.
+#: of time; accepted only from an ancestor. The body is a
+#: :class:`ModuleRecord`.
 LOAD_MODULE = 107
 #: Reserved for forwarding modules down a tree of contexts.
 FORWARD_MODULE = 108
