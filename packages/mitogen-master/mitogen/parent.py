@@ -6,6 +6,25 @@ context, the :class:`Connection` base that connection methods build on,
 :class:`Context` with function calls, :class:`CallChain`, and a
 :class:`Router` that can start children.
 
+Its sections, in order, each using only those before it:
+
+1. Constants and the exceptions of starting a child.
+2. The bootstrap: the core a child receives, the first stage
+   (:data:`STAGE1`), the package listing sent in the config.
+3. Processes: :func:`spawn`, :func:`popen`, waiting for an exit.
+4. Function calls: naming a function for another process,
+   :class:`CallSpec`, :class:`CallChain`, :class:`Context`.
+5. Connections: :class:`Options`, :class:`Connection` and its handshake,
+   the core version checks.
+6. The registry of connection methods (``mitogen.transports`` entry
+   points) and the ``router.<method>()`` functions made from it.
+7. Module forwarding from a context that started children
+   (:class:`ModuleForwarder`).
+8. Reaping child processes (:class:`Reaper`).
+9. The :class:`Router`: starting children directly or through another
+   context, ID allocation (:class:`IdAllocator`), upgrading a child's
+   router, and the functions an intermediate context runs for proxying.
+
 This module runs in children too, so it is written for Python 2.7 and 3.6+.
 """
 
@@ -40,6 +59,11 @@ if TYPE_CHECKING:
     from typing import Any, Callable, Optional, TypeVar  # noqa: F401 (type comments)
     _RouterT = TypeVar('_RouterT', bound='Router')
 
+
+# ---------------------------------------------------------------------------
+# 1. Constants and exceptions
+# ---------------------------------------------------------------------------
+
 #: Seconds by which a child's shutdown deadline precedes its parent's.
 SHUTDOWN_MARGIN = 1.5
 
@@ -48,10 +72,6 @@ SUPPORTED_CORE_PROTOCOLS = (1, 1)
 
 #: Seconds a connection may take by default, from start to ready.
 DEFAULT_CONNECT_TIMEOUT = 30.0
-
-# Exit signals a child's broker sends itself, and a disconnected child's
-# process gets, in that order.
-_REAP_SIGNALS = (signal.SIGTERM, signal.SIGKILL)
 
 #: A poller class cheaper to set up than epoll, for brokers that watch few
 #: descriptors: :class:`mitogen.core.Poller` (``poll()``) where the platform
@@ -89,6 +109,10 @@ class CoreVersionError(mitogen.core.StreamError):
     support."""
 
 
+# ---------------------------------------------------------------------------
+# 2. The bootstrap: the core, the first stage, the config
+# ---------------------------------------------------------------------------
+
 def get_core_source():
     """Return the source of the installed core (bytes), as the master
     ships it to children."""
@@ -123,6 +147,13 @@ def _installed_core():
             _core_data.append(src)
             _core_data.append(zlib.compress(src, 9))
         return _core_data
+
+
+def _find_importer():
+    for finder in sys.meta_path:
+        if isinstance(finder, mitogen.core.Importer):
+            return finder
+    return None
 
 
 #: First stage of the bootstrap, run by ``python -c``: announce readiness,
@@ -178,6 +209,10 @@ def _mitogen_pkg_present():
     return sorted(names)
 
 
+# ---------------------------------------------------------------------------
+# 3. Processes
+# ---------------------------------------------------------------------------
+
 #: Socket buffer size asked for on local connections. Larger buffers let
 #: bulk transfers move in fewer wake-ups of the two brokers; the kernel caps
 #: the value at its configured maximum (net.core.wmem_max/rmem_max).
@@ -220,6 +255,16 @@ def popen(**kwargs):
     elif hook is not None or preexec_fn is not None:
         kwargs['preexec_fn'] = hook or preexec_fn
     return subprocess.Popen(**kwargs)
+
+
+def _wait_for_exit(proc, timeout):
+    # Polled rather than wait()ed: `proc` may be a Paramiko channel's
+    # stand-in, and a timed wait() is missing on Python 2. True once it
+    # exited.
+    deadline = now() + timeout
+    while proc.poll() is None and now() < deadline:
+        select.select([], [], [], 0.01)
+    return proc.poll() is not None
 
 
 def returncode_to_str(n):
@@ -333,12 +378,9 @@ def spawn(argv, pty=None, tty_setup=None, preexec_fn=None, env=None):
     return proc, fd, err_r, master
 
 
-def _find_importer():
-    for finder in sys.meta_path:
-        if isinstance(finder, mitogen.core.Importer):
-            return finder
-    return None
-
+# ---------------------------------------------------------------------------
+# 4. Function calls: CallSpec, CallChain, Context
+# ---------------------------------------------------------------------------
 
 _described = {}
 
@@ -595,6 +637,10 @@ class Context(mitogen.core.Context):
         latch.get()
         self.router._wait_reaped(self)
 
+
+# ---------------------------------------------------------------------------
+# 5. Connections: Options, Connection, the handshake
+# ---------------------------------------------------------------------------
 
 class Options(object):
     """Options common to every connection method.
@@ -947,6 +993,10 @@ def check_local_core():
                 mitogen.core.__version__, proto, _master_version(), lo, hi))
 
 
+# ---------------------------------------------------------------------------
+# 6. The registry of connection methods (entry points)
+# ---------------------------------------------------------------------------
+
 # Connection methods that are part of mitogen itself, used where package
 # metadata is unavailable (in children, which have no installed metadata).
 BUILTIN_TRANSPORTS = {
@@ -1214,6 +1264,194 @@ def _dedent_doc(doc):
     cut = min(indents) if indents else 0
     return '\n'.join([lines[0].strip()] + [line[cut:] for line in lines[1:]])
 
+
+# ---------------------------------------------------------------------------
+# 7. Module forwarding
+# ---------------------------------------------------------------------------
+
+class ModuleForwarder(object):
+    """Serves :data:`mitogen.core.GET_MODULE` in a context that started
+    children: from its own importer's cache when it has the module, else by
+    asking its parent once, however many descendants ask. Like the master,
+    it first sends the requested module's related modules that it holds and
+    the requester has not been sent, so preloading works at every hop.
+
+    :data:`mitogen.core.FORWARD_MODULE` ``(context_id, fullname)`` from an
+    ancestor asks it to send a module it holds to a descendant ahead of
+    time.
+
+    :data:`mitogen.core.GET_RESOURCE` requests (package data) are relayed to
+    the parent, and its answers back, so ``importlib.resources`` works at
+    any depth."""
+
+    def __init__(self, router, parent, importer):
+        self.router = router
+        self.parent = parent
+        self.importer = importer
+        self._sent = {}
+        router.add_handler(self._on_get_module, mitogen.core.GET_MODULE)
+        router.add_handler(self._on_forward_module,
+                           mitogen.core.FORWARD_MODULE,
+                           policy=mitogen.core.has_parent_authority)
+        router.add_handler(self._on_get_resource, mitogen.core.GET_RESOURCE)
+
+    def __repr__(self):
+        return 'ModuleForwarder'
+
+    def _on_get_resource(self, msg):
+        if msg.is_dead:
+            return
+
+        def relay(reply):
+            # A dead reply (the parent refused or went away) stays dead.
+            msg.reply(mitogen.core.Message(data=reply.data, flags=reply.flags,
+                                           reply_to=reply.reply_to),
+                      router=self.router)
+        handle = self.router.add_handler(relay, persist=False,
+                                         respondent=self.parent)
+        self.parent.send(mitogen.core.Message(
+            data=msg.data, flags=msg.flags, handle=mitogen.core.GET_RESOURCE,
+            reply_to=handle))
+
+    def _on_get_module(self, msg):
+        if msg.is_dead:
+            return
+        fullname = mitogen.core.to_native(msg.data.decode('utf-8',
+                                                          'replace'))
+        dst_id = msg.src_id
+        if not mitogen.core.is_module_name(fullname):
+            # Answered as absent at once, without asking our parent.
+            self._send(dst_id, fullname, preload=False)
+            return
+        self.importer.request_module(
+            fullname, lambda: self._send(dst_id, fullname, preload=True))
+
+    def _on_forward_module(self, msg):
+        if msg.is_dead:
+            return
+        context_id, fullname = mitogen.core.control_body(
+            msg, 'FORWARD_MODULE', 2)
+        mitogen.core._check_id('FORWARD_MODULE context ID', context_id)
+        if not mitogen.core.is_module_name(fullname):
+            raise mitogen.core.StreamError(
+                'refusing FORWARD_MODULE: not a module name')
+        fullname = mitogen.core.to_native(fullname)
+        self.importer.request_module(
+            fullname, lambda: self._send(context_id, fullname, preload=True))
+
+    def _send(self, dst_id, fullname, preload):
+        record = self.importer.get_record(fullname) or \
+            mitogen.core.ModuleRecord.absent(fullname)
+        sent = self._sent.setdefault(dst_id, set())
+        if preload:
+            for name in record.related:
+                related = self.importer.get_record(name)
+                if name in sent or related is None or not related.is_found:
+                    continue
+                self._send(dst_id, name, preload=False)
+        sent.add(fullname)
+        self.router.route(record.to_message(dst_id=dst_id))
+
+
+# ---------------------------------------------------------------------------
+# 8. Reaping child processes
+# ---------------------------------------------------------------------------
+
+# Exit signals a child's broker sends itself, and a disconnected child's
+# process gets, in that order.
+_REAP_SIGNALS = (signal.SIGTERM, signal.SIGKILL)
+
+
+def _reap_in_background(proc):
+    # A detached child may run for longer than this context: collect its
+    # exit status whenever it comes, without holding up shutdown.
+    def wait():
+        while proc.poll() is None:
+            time.sleep(0.2)
+    t = threading.Thread(target=wait, name='mitogen.reap.%s' % (proc.pid,))
+    t.daemon = True
+    t.start()
+
+
+class Reaper(object):
+    """Waits for a disconnected child process to exit, on the broker thread,
+    escalating to SIGTERM then SIGKILL if it lingers, so no process is left
+    behind."""
+    #: Seconds to wait before each signal.
+    grace = (1.0, 1.0)
+
+    def __init__(self, broker, proc, latch):
+        self.broker = broker
+        self.proc = proc
+        self.latch = latch
+        self._signals = list(_REAP_SIGNALS)
+        self._deadline = None
+
+    def start(self):
+        self._deadline = now() + self.grace[0]
+        self.broker.add_reaper(self)
+        mitogen.core.listen(self.broker, 'exit', self._on_broker_exit)
+        self._poll()
+
+    #: Called once the process is gone.
+    on_done = None
+
+    def _done(self):
+        if self.latch is not None:
+            self.latch.put(None)
+            self.latch = None
+            if self.on_done is not None:
+                self.on_done()
+        self.broker.remove_reaper(self)
+        mitogen.core.unlisten(self.broker, 'exit', self._on_broker_exit)
+
+    def _poll(self):
+        if self.proc.poll() is not None:
+            self._done()
+            return
+        # After SIGKILL, wait for the exit however long a loaded machine
+        # takes to deliver it: giving up would leave an unreaped process.
+        if self._signals and now() >= self._deadline:
+            sig = self._signals.pop(0)
+            LOG.debug('%r: sending signal %d to pid %s', self, sig,
+                      self.proc.pid)
+            self._signal(sig)
+            self._deadline = now() + self.grace[1]
+        self.broker.timers.schedule(0.01, self._poll)
+
+    def _signal(self, sig):
+        # A child that is not a local process (a Paramiko channel) has no
+        # pid; its proc object maps signals to what ends it.
+        try:
+            if hasattr(self.proc, 'send_signal'):
+                self.proc.send_signal(sig)
+            else:
+                os.kill(self.proc.pid, sig)
+        except OSError:
+            pass
+
+    def force(self):
+        """Shutdown deadline passed: kill the process now and wait for it
+        briefly, synchronously."""
+        if self.proc.poll() is None:
+            self._signal(signal.SIGKILL)
+            _wait_for_exit(self.proc, self.grace[1])
+        self._done()
+
+    def _on_broker_exit(self):
+        # The broker is gone: finish the job synchronously.
+        exited = _wait_for_exit(self.proc, self.grace[0])
+        for sig in self._signals:
+            if exited:
+                break
+            self._signal(sig)
+            exited = _wait_for_exit(self.proc, self.grace[1])
+        self._done()
+
+
+# ---------------------------------------------------------------------------
+# 9. The Router: children, IDs, proxies
+# ---------------------------------------------------------------------------
 
 class Router(mitogen.core.Router):
     """A router that can start children: :meth:`connect` and one method per
@@ -1595,90 +1833,6 @@ def upgrade_router(econtext):
     return router
 
 
-class ModuleForwarder(object):
-    """Serves :data:`mitogen.core.GET_MODULE` in a context that started
-    children: from its own importer's cache when it has the module, else by
-    asking its parent once, however many descendants ask. Like the master,
-    it first sends the requested module's related modules that it holds and
-    the requester has not been sent, so preloading works at every hop.
-
-    :data:`mitogen.core.FORWARD_MODULE` ``(context_id, fullname)`` from an
-    ancestor asks it to send a module it holds to a descendant ahead of
-    time.
-
-    :data:`mitogen.core.GET_RESOURCE` requests (package data) are relayed to
-    the parent, and its answers back, so ``importlib.resources`` works at
-    any depth."""
-
-    def __init__(self, router, parent, importer):
-        self.router = router
-        self.parent = parent
-        self.importer = importer
-        self._sent = {}
-        router.add_handler(self._on_get_module, mitogen.core.GET_MODULE)
-        router.add_handler(self._on_forward_module,
-                           mitogen.core.FORWARD_MODULE,
-                           policy=mitogen.core.has_parent_authority)
-        router.add_handler(self._on_get_resource, mitogen.core.GET_RESOURCE)
-
-    def __repr__(self):
-        return 'ModuleForwarder'
-
-    def _on_get_resource(self, msg):
-        if msg.is_dead:
-            return
-
-        def relay(reply):
-            # A dead reply (the parent refused or went away) stays dead.
-            msg.reply(mitogen.core.Message(data=reply.data, flags=reply.flags,
-                                           reply_to=reply.reply_to),
-                      router=self.router)
-        handle = self.router.add_handler(relay, persist=False,
-                                         respondent=self.parent)
-        self.parent.send(mitogen.core.Message(
-            data=msg.data, flags=msg.flags, handle=mitogen.core.GET_RESOURCE,
-            reply_to=handle))
-
-    def _on_get_module(self, msg):
-        if msg.is_dead:
-            return
-        fullname = mitogen.core.to_native(msg.data.decode('utf-8',
-                                                          'replace'))
-        dst_id = msg.src_id
-        if not mitogen.core.is_module_name(fullname):
-            # Answered as absent at once, without asking our parent.
-            self._send(dst_id, fullname, preload=False)
-            return
-        self.importer.request_module(
-            fullname, lambda: self._send(dst_id, fullname, preload=True))
-
-    def _on_forward_module(self, msg):
-        if msg.is_dead:
-            return
-        context_id, fullname = mitogen.core.control_body(
-            msg, 'FORWARD_MODULE', 2)
-        mitogen.core._check_id('FORWARD_MODULE context ID', context_id)
-        if not mitogen.core.is_module_name(fullname):
-            raise mitogen.core.StreamError(
-                'refusing FORWARD_MODULE: not a module name')
-        fullname = mitogen.core.to_native(fullname)
-        self.importer.request_module(
-            fullname, lambda: self._send(context_id, fullname, preload=True))
-
-    def _send(self, dst_id, fullname, preload):
-        record = self.importer.get_record(fullname) or \
-            mitogen.core.ModuleRecord.absent(fullname)
-        sent = self._sent.setdefault(dst_id, set())
-        if preload:
-            for name in record.related:
-                related = self.importer.get_record(name)
-                if name in sent or related is None or not related.is_found:
-                    continue
-                self._send(dst_id, name, preload=False)
-        sent.add(fullname)
-        self.router.route(record.to_message(dst_id=dst_id))
-
-
 def _encode_callables(kwargs):
     # Functions cannot travel through the restricted unpickler; they travel
     # by name and the intermediate imports them.
@@ -1770,101 +1924,3 @@ def _proxy_error(e, via_context):
     if cls is None:
         return e
     return cls('%s (via %s)' % (e.remote_message, via_context.name))
-
-
-def _wait_for_exit(proc, timeout):
-    # Polled rather than wait()ed: `proc` may be a Paramiko channel's
-    # stand-in, and a timed wait() is missing on Python 2. True once it
-    # exited.
-    deadline = now() + timeout
-    while proc.poll() is None and now() < deadline:
-        select.select([], [], [], 0.01)
-    return proc.poll() is not None
-
-
-def _reap_in_background(proc):
-    # A detached child may run for longer than this context: collect its
-    # exit status whenever it comes, without holding up shutdown.
-    def wait():
-        while proc.poll() is None:
-            time.sleep(0.2)
-    t = threading.Thread(target=wait, name='mitogen.reap.%s' % (proc.pid,))
-    t.daemon = True
-    t.start()
-
-
-class Reaper(object):
-    """Waits for a disconnected child process to exit, on the broker thread,
-    escalating to SIGTERM then SIGKILL if it lingers, so no process is left
-    behind."""
-    #: Seconds to wait before each signal.
-    grace = (1.0, 1.0)
-
-    def __init__(self, broker, proc, latch):
-        self.broker = broker
-        self.proc = proc
-        self.latch = latch
-        self._signals = list(_REAP_SIGNALS)
-        self._deadline = None
-
-    def start(self):
-        self._deadline = now() + self.grace[0]
-        self.broker.add_reaper(self)
-        mitogen.core.listen(self.broker, 'exit', self._on_broker_exit)
-        self._poll()
-
-    #: Called once the process is gone.
-    on_done = None
-
-    def _done(self):
-        if self.latch is not None:
-            self.latch.put(None)
-            self.latch = None
-            if self.on_done is not None:
-                self.on_done()
-        self.broker.remove_reaper(self)
-        mitogen.core.unlisten(self.broker, 'exit', self._on_broker_exit)
-
-    def _poll(self):
-        if self.proc.poll() is not None:
-            self._done()
-            return
-        # After SIGKILL, wait for the exit however long a loaded machine
-        # takes to deliver it: giving up would leave an unreaped process.
-        if self._signals and now() >= self._deadline:
-            sig = self._signals.pop(0)
-            LOG.debug('%r: sending signal %d to pid %s', self, sig,
-                      self.proc.pid)
-            self._signal(sig)
-            self._deadline = now() + self.grace[1]
-        self.broker.timers.schedule(0.01, self._poll)
-
-    def _signal(self, sig):
-        # A child that is not a local process (a Paramiko channel) has no
-        # pid; its proc object maps signals to what ends it.
-        try:
-            if hasattr(self.proc, 'send_signal'):
-                self.proc.send_signal(sig)
-            else:
-                os.kill(self.proc.pid, sig)
-        except OSError:
-            pass
-
-    def force(self):
-        """Shutdown deadline passed: kill the process now and wait for it
-        briefly, synchronously."""
-        if self.proc.poll() is None:
-            self._signal(signal.SIGKILL)
-            _wait_for_exit(self.proc, self.grace[1])
-        self._done()
-
-    def _on_broker_exit(self):
-        # The broker is gone: finish the job synchronously.
-        exited = _wait_for_exit(self.proc, self.grace[0])
-        for sig in self._signals:
-            if exited:
-                break
-            self._signal(sig)
-            exited = _wait_for_exit(self.proc, self.grace[1])
-        self._done()
-
