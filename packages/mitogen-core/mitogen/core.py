@@ -3421,21 +3421,20 @@ class ModuleRecord(object):
         # the answer "absent" wakes whoever waits for it.
         _check_text('LOAD_MODULE name', body[0], MAX_NAME_LENGTH)
         fullname, pkg_present, path, compressed, last = body
+        related = last if compressed is not None else None
         for value, types in ((pkg_present, (list, tuple)),
-                             (path, FsPathTypes), (compressed, BytesType)):
+                             (path, FsPathTypes), (compressed, BytesType),
+                             (related, (list, tuple))):
             if value is not None and not isinstance(value, types):
                 raise StreamError('refusing LOAD_MODULE of %s: malformed'
                                   % (_short_repr(fullname),))
-        if compressed is not None and not isinstance(last or [], (list, tuple)):
-            raise StreamError('refusing LOAD_MODULE of %s: malformed'
-                              % (_short_repr(fullname),))
         fullname = to_native(fullname)
         if compressed is None:
             return cls.absent(fullname, to_text(last) if last else None)
         if pkg_present is not None:
             pkg_present = [to_native(n) for n in pkg_present]
         return cls.found(fullname, pkg_present, path, compressed,
-                         [to_native(n) for n in last or ()])
+                         [to_native(n) for n in related or ()])
 
 
 class Importer(object):
