@@ -23,7 +23,8 @@ Its sections, in order, each using only those before it:
 8. Reaping child processes (:class:`Reaper`).
 9. The :class:`Router`: starting children directly or through another
    context, ID allocation (:class:`IdAllocator`), upgrading a child's
-   router, and the functions an intermediate context runs for proxying.
+   router, the functions an intermediate context runs for proxying and
+   the errors rebuilt after it (:func:`register_proxy_error`).
 
 This module runs in children too, so it is written for Python 2.7 and 3.6+.
 """
