@@ -86,13 +86,13 @@ class StubBroker(object):
     def start_receive(self, stream):
         pass
 
-    def _stop_receive(self, stream):
+    def start_transmit(self, stream):
         pass
 
-    def _start_transmit(self, stream):
+    def stop_transmit(self, stream):
         pass
 
-    def _stop_transmit(self, stream):
+    def stop_polling(self, stream):
         pass
 
     def shutdown(self):
