@@ -16,9 +16,7 @@ that bench/run starts.
     python bench/bench_core.py [--quick] [--bench NAME ...]
         [--ssh-port PORT --ssh-key FILE --ssh-known-hosts FILE]
 """
-import argparse
 import importlib
-import json
 import os
 import shutil
 import statistics
@@ -26,9 +24,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 
 import mitogen.master
+
+from benchlib import (bench_parser, emit, measure_fanout, measure_scale,
+                      rss_kib, run_benches)
 
 MiB = 1 << 20
 
@@ -65,14 +65,6 @@ def import_package(package, leaves):
 
 # --- helpers -------------------------------------------------------------
 
-def emit(bench, **metrics):
-    line = dict(bench=bench)
-    for key, value in metrics.items():
-        line[key] = float('%.4g' % value) if isinstance(value, float) else value
-    sys.stdout.write(json.dumps(line) + '\n')
-    sys.stdout.flush()
-
-
 def new_child(router):
     return router.local(python_path=sys.executable)
 
@@ -96,17 +88,49 @@ def bench_bootstrap(opts):
 
     def start_and_call(router):
         ctx = new_child(router)
-        ctx.call(os.getpid)
-        return ctx
+        return ctx, ctx.call(os.getpid)
 
+    samples, child_rss = [], []
+    with mitogen.master.Router() as router:
+        for i in range(n + 1):
+            elapsed, (ctx, pid) = timed(start_and_call, router)
+            samples.append(elapsed)
+            child_rss.append(rss_kib(pid))
+            if not i:
+                master_rss = rss_kib()
+            ctx.shutdown(wait=True)
+    emit('bootstrap', first_child_ms=samples[0] * 1e3,
+         median_ms=median(samples[1:]) * 1e3,
+         child_rss_kib=median(child_rss), master_rss_kib=master_rss, n=n)
+
+
+def bench_fork(opts):
+    """router.fork() + first call: a child forked from a parent context
+    (this project and Mitogen only)."""
+    n = 3 if opts.quick else 10
     samples = []
     with mitogen.master.Router() as router:
         for _ in range(n + 1):
-            elapsed, ctx = timed(start_and_call, router)
-            samples.append(elapsed)
+            t0 = time.perf_counter()
+            ctx = router.fork()
+            ctx.call(os.getpid)
+            samples.append(time.perf_counter() - t0)
             ctx.shutdown(wait=True)
-    emit('bootstrap', first_child_ms=samples[0] * 1e3,
+    emit('fork', first_ms=samples[0] * 1e3,
          median_ms=median(samples[1:]) * 1e3, n=n)
+
+
+def fanout_session():
+    """See benchlib.measure_fanout."""
+    router = mitogen.master.Router()
+
+    def start():
+        return new_child(router).call(os.getpid)
+
+    def close():
+        router.broker.shutdown()
+        router.broker.join()
+    return start, close
 
 
 def bench_roundtrip(opts):
@@ -201,11 +225,11 @@ def bench_bulk(opts, size_mib):
          to_master_mb_s=median(down), reps=reps)
 
 
-# A package of 40 modules (30 in the package, 8 in a subpackage, and the two
+# A package of 60 modules (48 in the package, 10 in a subpackage, and the two
 # __init__ files) that import each other, so that importing the last module
 # pulls in all of them.
-PACKAGE_MODULES = 30
-SUBPACKAGE_MODULES = 8
+PACKAGE_MODULES = 48
+SUBPACKAGE_MODULES = 10
 
 MODULE_BODY = '''
 """Generated module %(name)s: some classes and functions to compile."""
@@ -284,7 +308,7 @@ def write_package(root, package):
 
 
 def bench_import(opts):
-    """Import a 40-module package that exists only on the master into a
+    """Import a 60-module package that exists only on the master into a
     fresh child (already bootstrapped).  The first child also pays the
     master's cost of finding and reading the modules; later ones are
     served from what the master has learned."""
@@ -316,6 +340,37 @@ def bench_import(opts):
         shutil.rmtree(root)
     emit('import', first_ms=samples[0] * 1e3, median_ms=median(samples[1:]) * 1e3,
          local_compile_ms=local * 1e3, modules=count, n=n)
+
+
+def local_fleet(count, connected):
+    """See benchlib.measure_scale."""
+    with mitogen.master.Router() as router:
+        contexts = [new_child(router) for _ in range(count)]
+        receivers = [ctx.call_async(os.getpid) for ctx in contexts]
+        pids = set(r.get().unpickle() for r in receivers)
+        connected()
+    return pids
+
+
+def bench_inflight(opts):
+    """10,000 calls in flight to 10 children: call_async round robin, then
+    collect every result; the master's memory growth while they are all
+    queued."""
+    children, n = (4, 1000) if opts.quick else (10, 10000)
+    with mitogen.master.Router() as router:
+        contexts = [new_child(router) for _ in range(children)]
+        for ctx in contexts:
+            ctx.call(noop)
+        before = rss_kib()
+        t0 = time.perf_counter()
+        receivers = [contexts[i % children].call_async(noop)
+                     for i in range(n)]
+        issued = rss_kib()
+        for receiver in receivers:
+            receiver.get().unpickle()
+        elapsed = time.perf_counter() - t0
+    emit('inflight', children=children, calls=n, total_ms=elapsed * 1e3,
+         calls_per_s=n / elapsed, master_rss_growth_kib=issued - before)
 
 
 def ssh_connect(router, method, opts):
@@ -391,18 +446,18 @@ BENCHES = [
     ('pipelined', bench_pipelined),
     ('bulk_4MiB', lambda opts: bench_bulk(opts, 4)),
     ('bulk_32MiB', lambda opts: bench_bulk(opts, 32)),
+    ('fanout', lambda opts: measure_fanout(opts, fanout_session)),
+    ('fork', bench_fork),
     ('import', bench_import),
+    ('scale_10', lambda opts: measure_scale(opts, 10, local_fleet)),
+    ('scale_100', lambda opts: measure_scale(opts, 100, local_fleet)),
+    ('inflight', bench_inflight),
     ('ssh', bench_ssh),
 ]
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--quick', action='store_true',
-                        help='fewer repetitions, for a smoke test')
-    parser.add_argument('--bench', action='append', metavar='NAME',
-                        choices=[name for name, _ in BENCHES],
-                        help='run only this benchmark (repeatable)')
+    parser = bench_parser(__doc__, [name for name, _ in BENCHES])
     ssh = parser.add_argument_group('ssh benchmark (bench/run sets these)')
     ssh.add_argument('--ssh-host', default='127.0.0.1')
     ssh.add_argument('--ssh-port', type=int, help='port of the sshd')
@@ -414,14 +469,12 @@ def main():
                      help='interpreter of the remote side (default: the one '
                      'this venv is built on)')
     opts = parser.parse_args()
-    for name, func in BENCHES:
-        if opts.bench and name not in opts.bench:
-            continue
-        try:
-            func(opts)
-        except Exception as e:
-            traceback.print_exc()
-            emit(name, error='%s: %s' % (type(e).__name__, e))
+    extra = ['--ssh-host', opts.ssh_host, '--ssh-user', opts.ssh_user,
+             '--ssh-python', opts.ssh_python]
+    for name in ('ssh_port', 'ssh_key', 'ssh_known_hosts'):
+        if getattr(opts, name) is not None:
+            extra += ['--' + name.replace('_', '-'), str(getattr(opts, name))]
+    run_benches(os.path.abspath(__file__), BENCHES, opts, extra)
 
 
 if __name__ == '__main__':
