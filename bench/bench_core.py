@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 
+import mitogen.core
 import mitogen.master
 
 from benchlib import (bench_parser, emit, measure_fanout, measure_scale,
@@ -54,6 +55,17 @@ def make_blob(size):
 
 def get_blob():
     return _blob
+
+
+@mitogen.core.takes_router
+def echo_loop(sender, router):
+    """The child's end of the ``channel`` benchmark: send the master a
+    sender for a receiver of our own, then send back every message that
+    arrives on it until the channel closes."""
+    receiver = mitogen.core.Receiver(router)
+    sender.send(receiver.to_sender())
+    for msg in receiver:
+        sender.send(msg.unpickle())
 
 
 def import_package(package, leaves):
@@ -198,6 +210,41 @@ def bench_pipelined(opts):
             rates.append(n / (time.perf_counter() - t0))
         ctx.shutdown(wait=True)
     emit('pipelined', calls_per_s=median(rates), n=n, reps=reps)
+
+
+def bench_channel(opts):
+    """A message over an open channel (a Sender to a Receiver in the child,
+    and one back), like execnet's channel: the round trip, and messages
+    per second with many in flight. No function is looked up or called
+    per message."""
+    calls, warm, n, reps = (200, 20, 1000, 2) if opts.quick else \
+        (2000, 100, 5000, 5)
+    with mitogen.master.Router() as router:
+        ctx = new_child(router)
+        replies = mitogen.core.Receiver(router)
+        ctx.call_async(echo_loop, replies.to_sender())
+        to_child = replies.get().unpickle()
+        for _ in range(warm):
+            to_child.send(None)
+            replies.get().unpickle()
+        samples = []
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            to_child.send(None)
+            replies.get().unpickle()
+            samples.append(time.perf_counter() - t0)
+        rates = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                to_child.send(None)
+            for _ in range(n):
+                replies.get().unpickle()
+            rates.append(n / (time.perf_counter() - t0))
+        to_child.close()
+        ctx.shutdown(wait=True)
+    emit('channel', roundtrip_us=median(samples) * 1e6,
+         pipelined_per_s=median(rates), n=n)
 
 
 def bench_bulk(opts, size_mib):
@@ -444,6 +491,7 @@ BENCHES = [
     ('roundtrip', bench_roundtrip),
     ('twohop', bench_twohop),
     ('pipelined', bench_pipelined),
+    ('channel', bench_channel),
     ('bulk_4MiB', lambda opts: bench_bulk(opts, 4)),
     ('bulk_32MiB', lambda opts: bench_bulk(opts, 32)),
     ('fanout', lambda opts: measure_fanout(opts, fanout_session)),

@@ -133,13 +133,10 @@ def bench_twohop(opts):
          roundtrip_us=median(samples) * 1e6, leaves=leaves)
 
 
-def bench_pipelined(opts):
-    n, reps = (1000, 2) if opts.quick else (5000, 5)
+def echo_rate(channel, n, reps):
+    """Median messages per second of `reps` bursts: `n` sent to an echo
+    loop, then `n` received."""
     rates = []
-    gw = execnet.makegateway(SPEC)
-    channel = gw.remote_exec(ECHO)
-    channel.send(None)
-    channel.receive()
     for _ in range(reps):
         t0 = time.perf_counter()
         for _ in range(n):
@@ -147,9 +144,34 @@ def bench_pipelined(opts):
         for _ in range(n):
             channel.receive()
         rates.append(n / (time.perf_counter() - t0))
+    return median(rates)
+
+
+def bench_pipelined(opts):
+    n, reps = (1000, 2) if opts.quick else (5000, 5)
+    gw = execnet.makegateway(SPEC)
+    channel = gw.remote_exec(ECHO)
+    channel.send(None)
+    channel.receive()
+    rate = echo_rate(channel, n, reps)
     channel.close()
     gw.exit()
-    emit('pipelined', calls_per_s=median(rates), n=n, reps=reps)
+    emit('pipelined', calls_per_s=rate, n=n, reps=reps)
+
+
+def bench_channel(opts):
+    """The same channel echo as ``roundtrip`` and ``pipelined``, under the
+    name and figures of bench_core.py's ``channel``."""
+    calls, warm, n, reps = (200, 20, 1000, 2) if opts.quick else \
+        (2000, 100, 5000, 5)
+    gw = execnet.makegateway(SPEC)
+    channel = gw.remote_exec(ECHO)
+    samples = echo_samples(channel, calls, warm)
+    rate = echo_rate(channel, n, reps)
+    channel.close()
+    gw.exit()
+    emit('channel', roundtrip_us=median(samples) * 1e6, pipelined_per_s=rate,
+         n=n)
 
 
 def bench_bulk(opts, size_mib):
@@ -234,6 +256,7 @@ BENCHES = [
     ('roundtrip', bench_roundtrip),
     ('twohop', bench_twohop),
     ('pipelined', bench_pipelined),
+    ('channel', bench_channel),
     ('bulk_4MiB', lambda opts: bench_bulk(opts, 4)),
     ('bulk_32MiB', lambda opts: bench_bulk(opts, 32)),
     ('fanout', lambda opts: measure_fanout(opts, fanout_session)),
