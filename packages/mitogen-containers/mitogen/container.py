@@ -24,6 +24,8 @@ Python 2.7 and 3.6+.
 
 from __future__ import absolute_import
 
+__all__ = ['Connection', 'Options', 'native', 'native_list']
+
 import re
 
 import mitogen.core

@@ -10,6 +10,8 @@ This module runs in children too, so it is written for Python 2.7 and 3.6+.
 
 from __future__ import absolute_import
 
+__all__ = ['Connection', 'Options']
+
 import mitogen.container
 
 

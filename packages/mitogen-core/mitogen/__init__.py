@@ -7,6 +7,8 @@ contribute modules to this one package, whether installed from wheels (one
 directory) or in development mode (one directory per distribution).
 """
 
+__all__ = ['context_id', 'is_master', 'main', 'parent_id', 'parent_ids']
+
 import os as _os
 
 # Type comments (PEP 484) describe the API: this module must compile on

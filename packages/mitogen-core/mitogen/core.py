@@ -21,10 +21,37 @@ It holds, in order, the layers that every context needs:
 This module is written in the subset of Python that runs on 2.7 and 3.6 and
 later, uses only the standard library, and imports no other mitogen module at
 import time, so it also works when vendored under another name.
+
+``__all__`` lists the public names: those the API reference documents
+(names programs need, names Mitogen documents, names programs written for
+Mitogen use).  Every other name is internal: other mitogen modules use some
+of them, and all stay importable under their names, but they may change.
 """
 
 # Python 2 would take "import select" for mitogen.select, a sibling module.
 from __future__ import absolute_import
+
+__all__ = [
+    'ADD_ROUTE', 'ALLOCATE_ID', 'Blob', 'Broker', 'BytesType',
+    'CALL_FUNCTION', 'CALL_SERVICE', 'CHUNK_SIZE', 'CallError', 'Channel',
+    'ChannelError', 'Context', 'DEL_ROUTE', 'DETACHING',
+    'DelimitedProtocol', 'Dispatcher', 'EpollPoller', 'Error',
+    'ExternalContext', 'FIRST_USER_HANDLE', 'FORWARD_LOG',
+    'FORWARD_MODULE', 'FrameDecoder', 'FsPathTypes', 'GET_MODULE',
+    'GET_RESOURCE', 'IS_DEAD', 'Importer', 'IoLoggerProtocol', 'Kwargs',
+    'LOAD_MODULE', 'LOGGERS', 'Latch', 'LatchError', 'LogHandler',
+    'MAX_CALL_ERROR_LENGTH', 'MAX_ID', 'MAX_NAME_LENGTH', 'Message',
+    'MitogenProtocol', 'ModuleNotServed', 'ModuleRecord',
+    'PROTOCOL_VERSION', 'Poller', 'Protocol', 'ProtocolError', 'Receiver',
+    'Router', 'SHUTDOWN', 'STUB_CALL_SERVICE', 'Secret', 'Sender', 'Side',
+    'Stream', 'StreamError', 'TimeoutError', 'Timer', 'TimerList',
+    'UnicodeType', 'Waker', 'any', 'b', 'bytes_partition', 'control_body',
+    'enable_profiling', 'fire', 'get_blocking', 'has_parent_authority',
+    'import_module', 'integer_types', 'io_op', 'is_module_name',
+    'iteritems', 'listen', 'next', 'pipe', 'set_blocking', 'set_cloexec',
+    'set_nonblock', 'socketpair', 'str_partition', 'str_rpartition',
+    'takes_econtext', 'takes_router', 'to_text', 'unlisten',
+]
 
 import collections
 import errno
@@ -1698,7 +1725,8 @@ def _default_poller():
 
 
 class Timer(object):
-    """A callback scheduled by :meth:`Broker.timers`; see :meth:`cancel`."""
+    """A callback scheduled by :meth:`TimerList.schedule` (a broker's
+    ``timers``); see :meth:`cancel`."""
 
     def __init__(self, when, func):
         self.when = when
@@ -2110,6 +2138,8 @@ class Waker(Protocol):
                 raise
 
     def defer(self, func, *args, **kwargs):
+        """Run `func(*args, **kwargs)` on the broker thread: at once when
+        called there, else soon after waking it."""
         if threading.current_thread() is self._broker._thread:
             func(*args, **kwargs)
             return
@@ -4100,6 +4130,9 @@ class ExternalContext(object):
         pkg.core = sys.modules[__name__]
         pkg.main = _child_main_decorator
         pkg.__version__ = tuple(int(x) for x in __version__.split('.'))
+        # The names mitogen/__init__.py exports, which children lack.
+        pkg.__all__ = ['context_id', 'is_master', 'main', 'parent_id',
+                       'parent_ids']
 
     def _setup_master(self):
         Router.max_message_size = self.config['max_message_size']

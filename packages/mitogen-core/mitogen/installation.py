@@ -24,6 +24,11 @@ keeps its directory out of this package's ``__path__``.
 This module runs in children too, so it is written for Python 2.7 and 3.6+.
 """
 
+__all__ = [
+    'ForeignMitogenError', 'foreign_metadata', 'refuse_foreign_neighbour',
+    'repair_text', 'require_this_project', 'without_foreign_directories',
+]
+
 import os
 import re
 import sys

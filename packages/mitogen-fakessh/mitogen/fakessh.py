@@ -32,6 +32,10 @@ Acknowledgements are handled on the broker thread, never behind data that
 waits for a blocked write.
 """
 
+__all__ = [
+    'CHUNK', 'LOST_STATUS', 'SOCKET_VAR', 'WINDOW', 'parse_ssh_args', 'run',
+]
+
 import errno
 import os
 import select

@@ -2,6 +2,9 @@
 # master-only module
 """``python -m mitogen``: see :mod:`mitogen.diagnostics`."""
 
+# A program, not a library: it exports no names.
+__all__ = []
+
 import sys
 
 import mitogen.installation

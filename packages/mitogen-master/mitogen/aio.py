@@ -33,6 +33,8 @@ uvloop's included.
 
 from __future__ import annotations
 
+__all__ = ['Context', 'Receiver', 'Router', 'Select']
+
 import asyncio
 import concurrent.futures
 import functools

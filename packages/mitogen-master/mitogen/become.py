@@ -44,6 +44,8 @@ so it is written for Python 2.7 and 3.6+.
 
 from __future__ import absolute_import
 
+__all__ = ['Connection', 'Options', 'looks_like_prompt', 'set_raw']
+
 import errno
 import os
 import select

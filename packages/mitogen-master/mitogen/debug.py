@@ -9,6 +9,8 @@ process, on demand (:func:`format_stacks`) or logged periodically
 This module runs in children too, so it is written for Python 2.7 and 3.6+.
 """
 
+__all__ = ['dump_to_logger', 'format_stacks', 'stop_dumping']
+
 import logging
 import sys
 import threading

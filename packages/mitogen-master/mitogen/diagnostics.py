@@ -20,6 +20,12 @@ The module runs in children too (:func:`describe_interpreter`), so it is
 written for Python 2.7 and 3.6+.
 """
 
+__all__ = [
+    'LIKELY_FIXES', 'Progress', 'UsageError', 'check_hops',
+    'describe_interpreter', 'installation_report', 'likely_fix', 'main',
+    'parse_hop',
+]
+
 import os
 import platform
 import socket

@@ -15,6 +15,11 @@ This module runs in children too, so it is written for Python 2.7 and 3.6+.
 
 from __future__ import absolute_import
 
+__all__ = [
+    'Connection', 'Options', 'PasswordError', 'PasswordRefusedError',
+    'PasswordRequiredError',
+]
+
 import mitogen.core
 import mitogen.become
 

@@ -42,6 +42,11 @@ line on standard error up to date.
 
 from __future__ import annotations
 
+__all__ = [
+    'DEFAULT_CONCURRENCY', 'DEFAULT_TIMEOUT', 'Event', 'HostResult',
+    'ProgressLine', 'arun', 'describe', 'run',
+]
+
 import asyncio
 import json
 import logging

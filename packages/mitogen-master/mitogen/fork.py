@@ -37,6 +37,8 @@ does the part of this cleanup that suits any fork.
 This module runs in children too, so it is written for Python 2.7 and 3.6+.
 """
 
+__all__ = ['Connection', 'Options', 'Process', 'on_fork']
+
 import errno
 import gc
 import logging

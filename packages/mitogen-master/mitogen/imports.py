@@ -29,6 +29,8 @@ name.
 This module runs in children too, so it is written for Python 2.7 and 3.6+.
 """
 
+__all__ = ['codeobj_imports']
+
 import opcode
 import sys
 

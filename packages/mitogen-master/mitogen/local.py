@@ -4,6 +4,8 @@ The ``local`` connection method: a child Python interpreter on this machine,
 connected through a socket pair.
 """
 
+__all__ = ['Connection', 'Options']
+
 import mitogen.parent
 import mitogen.installation
 

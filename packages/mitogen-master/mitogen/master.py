@@ -9,6 +9,11 @@ master's Python (3.9 and later).
 
 from __future__ import annotations
 
+__all__ = [
+    'Broker', 'LogForwarder', 'ModuleFinder', 'ModuleResponder',
+    'ModuleSource', 'Router', 'neutralize_main',
+]
+
 import ast
 import atexit
 import dataclasses

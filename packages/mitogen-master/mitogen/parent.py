@@ -32,6 +32,18 @@ This module runs in children too, so it is written for Python 2.7 and 3.6+.
 # Python 2 would take "import select" for mitogen.select, a sibling module.
 from __future__ import absolute_import
 
+__all__ = [
+    'CallChain', 'CallSpec', 'Connection', 'Context', 'CoreVersionError',
+    'EofError', 'ID_BLOCK_SIZE', 'IdAllocator', 'ModuleForwarder',
+    'Options', 'POLLER_LIGHTWEIGHT', 'PasswordError',
+    'PasswordRefusedError', 'PasswordRequiredError', 'Reaper', 'Router',
+    'STAGE1', 'SUPPORTED_CORE_PROTOCOLS', 'TRANSPORT_DISTRIBUTIONS',
+    'TransportUnavailable', 'get_core_compressed', 'get_core_source',
+    'popen', 'register_proxy_error', 'resolve_transport',
+    'returncode_to_str', 'shell_quote', 'spawn', 'stage1_command',
+    'transport_names', 'upgrade_router',
+]
+
 import base64
 import errno
 import fcntl

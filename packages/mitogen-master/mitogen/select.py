@@ -17,6 +17,8 @@ This module runs in children too (Python 2.7 and 3.6+).
 # take a plain "import select" here for this module, not the standard one.
 from __future__ import absolute_import
 
+__all__ = ['Error', 'Event', 'Select', 'SelectError']
+
 import threading
 
 import mitogen.core

@@ -25,6 +25,15 @@ every context on the way.
 This module runs in children too: it is written for Python 2.7 and 3.6+.
 """
 
+__all__ = [
+    'Activator', 'AllowAny', 'AllowParents', 'DEFAULT_POOL_SIZE',
+    'DeduplicatingInvoker', 'Error', 'FileService', 'FileStreamState',
+    'Invoker', 'Policy', 'Pool', 'PushFileService', 'SerializedInvoker',
+    'Service', 'arg_spec', 'call', 'expose', 'func_code', 'func_name',
+    'get_or_create_pool', 'get_thread_name', 'no_reply',
+    'validate_arg_spec',
+]
+
 import grp
 import logging
 import os

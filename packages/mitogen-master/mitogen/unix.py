@@ -29,6 +29,12 @@ needs :mod:`mitogen.master`, so it runs in master-side programs only.
 
 from __future__ import absolute_import
 
+__all__ = [
+    'ClientProtocol', 'ConnectError', 'HANDSHAKE_TIMEOUT', 'Listener',
+    'ListenerStream', 'connect', 'is_path_dead', 'make_socket_path',
+    'peer_credentials',
+]
+
 import errno
 import os
 import socket

@@ -4,6 +4,11 @@ Helpers for programs: running a function with a router, logging setup and
 conversion of values to plain built-in types.
 """
 
+__all__ = [
+    'PASSTHROUGH', 'cast', 'log_get_formatter', 'log_to_file',
+    'run_with_router', 'setup_gil', 'with_router',
+]
+
 import datetime
 import logging
 import os

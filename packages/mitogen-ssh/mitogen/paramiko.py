@@ -44,6 +44,12 @@ This module may run in an intermediate, so it is written for Python 2.7 and
 # Python 2 would take "import paramiko" for this very module.
 from __future__ import absolute_import
 
+__all__ = [
+    'Connection', 'HOST_KEY_POLICIES', 'HostKeyError', 'LOST_STATUS',
+    'Login', 'Options', 'PasswordError', 'PasswordRefusedError',
+    'PasswordRequiredError', 'Process',
+]
+
 import errno
 import os
 import signal

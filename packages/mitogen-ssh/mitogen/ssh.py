@@ -26,6 +26,11 @@ With ``via=``, an intermediate context runs this module: it arrives there
 through the importer, so it is written for Python 2.7 and 3.6+.
 """
 
+__all__ = [
+    'Connection', 'HostKeyError', 'Options', 'PasswordError',
+    'PasswordRefusedError', 'PasswordRequiredError', 'shell_quote',
+]
+
 import math
 import os
 import re
