@@ -2,21 +2,39 @@
 """
 The core of mitogen: the one file every child receives through its stdin.
 
-It holds, in order, the layers that every context needs:
+It holds, in order, the layers every context needs; the code marks each with
+a ``# N. Title`` banner:
 
-1. Compatibility helpers and constants (handles, limits, versions).
-2. Exceptions.
-3. The wire codec: :class:`Message`, the frame header, :class:`FrameDecoder`.
-4. Serialization: a restricted pickle with out-of-band bytes.
-5. Signals, :class:`Latch`, pollers and the :class:`Broker`.
-6. Streams and protocols: :class:`Side`, :class:`Stream`,
-   :class:`MitogenProtocol`.
-7. The :class:`Router`, :class:`Context`, :class:`Receiver`, :class:`Sender`,
-   :class:`Channel`.
-8. The child-side :class:`Importer`.
-9. Log and stdio forwarding.
-10. :class:`Dispatcher` and :class:`ExternalContext`, the main program of
-    every child.
+1. Compatibility and constants: Python 2/3 helpers, handles, limits,
+   versions, file descriptor and profiling helpers.
+2. Exceptions: the error types, and the checks of message fields that
+   raise them.
+3. Value types: :class:`Blob`, :class:`Secret` and :class:`Kwargs`, which
+   the serializer carries specially.
+4. The wire codec: :class:`Message`, the frame header, :class:`FrameDecoder`.
+5. Serialization: a restricted pickle with out-of-band bytes.
+6. Signals, Latch, pollers and timers: :func:`listen`/:func:`fire`,
+   :class:`Latch`, :class:`Poller`, :class:`TimerList`.
+7. Streams, protocols and the Broker: :class:`Side`, :class:`Stream`,
+   :class:`MitogenProtocol`, :class:`Waker`, :class:`Broker`.
+8. Router, Context, Receiver, Sender, Channel: routing, and the trust
+   policy :func:`has_parent_authority` that handlers are registered with.
+9. The importer: the child-side :class:`Importer`.
+10. Log and stdio forwarding: :class:`LogHandler`,
+    :class:`IoLoggerProtocol`.
+11. Dispatcher and ExternalContext: the main program of every child.
+
+Each section uses only the ones before it, with two exceptions, both
+resolved when a message is handled, never at import:
+
+* :class:`Message` (4) is the unit every layer passes around, and Mitogen's
+  API gives it convenience methods that reach forward: ``pickled()`` and
+  ``unpickle()`` call the serializer (``serialize_parts``, ``deserialize``,
+  5) and ``reply()`` sends through ``msg.router`` (8).  The codec itself,
+  header and framing, uses none of them.
+* The serializer (5) rebuilds a pickled :class:`Context` or :class:`Sender`
+  (8) bound to the router that received it (``_context_unpickler``,
+  ``_sender_unpickler``); a router is always there by then.
 
 This module is written in the subset of Python that runs on 2.7 and 3.6 and
 later, uses only the standard library, and imports no other mitogen module at
@@ -389,22 +407,6 @@ def enable_profiling():
     _profile_hook = _profile_and_dump
 
 
-def has_parent_authority(msg, _stream=None):
-    """Policy accepting messages sent with the authority of this context or
-    any of its ancestors: the identity (:attr:`Router.context_id`,
-    :attr:`Router.parent_ids`) of the router that received `msg`, or of
-    the package globals (:data:`mitogen.context_id`,
-    :data:`mitogen.parent_ids`) for a message no router handled."""
-    router = msg.router
-    if router is not None:
-        return msg.auth_id == router.context_id or \
-            msg.auth_id in router.parent_ids
-    pkg = _package_module()
-    parent_ids = pkg.parent_ids if pkg is not None else []
-    context_id = pkg.context_id if pkg is not None else 0
-    return msg.auth_id == context_id or msg.auth_id in parent_ids
-
-
 # ---------------------------------------------------------------------------
 # 2. Exceptions
 # ---------------------------------------------------------------------------
@@ -553,7 +555,7 @@ def _unpickle_call_error(s, type_name=None, message=None, tb=None):
 
 
 # ---------------------------------------------------------------------------
-# Value types carried specially
+# 3. Value types
 # ---------------------------------------------------------------------------
 
 class Blob(BytesType):
@@ -609,7 +611,7 @@ class Kwargs(dict):
 
 
 # ---------------------------------------------------------------------------
-# 3. The wire codec
+# 4. The wire codec
 # ---------------------------------------------------------------------------
 #
 # Every message on a stream is a fixed 32-byte header then the body:
@@ -906,7 +908,7 @@ class FrameDecoder(object):
 
 
 # ---------------------------------------------------------------------------
-# 4. Serialization
+# 5. Serialization
 # ---------------------------------------------------------------------------
 #
 # Bodies are pickles of protocol 2, the newest protocol Python 2.7 reads.
@@ -1407,7 +1409,7 @@ _init_allowed()
 
 
 # ---------------------------------------------------------------------------
-# 5. Signals, Latch, pollers and the Broker
+# 6. Signals, Latch, pollers and timers
 # ---------------------------------------------------------------------------
 
 def listen(obj, name, func):
@@ -1770,7 +1772,7 @@ class TimerList(object):
 
 
 # ---------------------------------------------------------------------------
-# 6. Streams and protocols
+# 7. Streams, protocols and the Broker
 # ---------------------------------------------------------------------------
 
 class Side(object):
@@ -2421,7 +2423,7 @@ class Broker(object):
 
 
 # ---------------------------------------------------------------------------
-# 7. Router, Context, Receiver, Sender, Channel
+# 8. Router, Context, Receiver, Sender, Channel
 # ---------------------------------------------------------------------------
 
 class Context(object):
@@ -3349,8 +3351,24 @@ class Router(object):
         self.broker.shutdown()
 
 
+def has_parent_authority(msg, _stream=None):
+    """Policy accepting messages sent with the authority of this context or
+    any of its ancestors: the identity (:attr:`Router.context_id`,
+    :attr:`Router.parent_ids`) of the router that received `msg`, or of
+    the package globals (:data:`mitogen.context_id`,
+    :data:`mitogen.parent_ids`) for a message no router handled."""
+    router = msg.router
+    if router is not None:
+        return msg.auth_id == router.context_id or \
+            msg.auth_id in router.parent_ids
+    pkg = _package_module()
+    parent_ids = pkg.parent_ids if pkg is not None else []
+    context_id = pkg.context_id if pkg is not None else 0
+    return msg.auth_id == context_id or msg.auth_id in parent_ids
+
+
 # ---------------------------------------------------------------------------
-# 8. The importer
+# 9. The importer
 # ---------------------------------------------------------------------------
 
 try:
@@ -3955,7 +3973,7 @@ class RemoteTraversable(object):
 
 
 # ---------------------------------------------------------------------------
-# 9. Log and stdio forwarding
+# 10. Log and stdio forwarding
 # ---------------------------------------------------------------------------
 
 class LogHandler(logging.Handler):
@@ -4002,7 +4020,7 @@ class IoLoggerProtocol(DelimitedProtocol):
 
 
 # ---------------------------------------------------------------------------
-# 10. Dispatcher and ExternalContext
+# 11. Dispatcher and ExternalContext
 # ---------------------------------------------------------------------------
 
 class Dispatcher(object):
