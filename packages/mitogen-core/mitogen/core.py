@@ -1461,10 +1461,17 @@ class Latch(object):
     its own, so a wake-up costs no file descriptor and no polling.
     """
 
+    # Most latches hold one reply at a time, and thousands may be alive at
+    # once (calls in flight): an empty deque allocates a 64-slot block
+    # (~760 bytes), a list ~60. The queue is a list until it holds more
+    # than _SMALL items, then a deque, so a long backlog still pops in
+    # constant time; waiters are few (one per thread), a list suffices.
+    _SMALL = 16
+
     def __init__(self):
         self._lock = threading.Lock()
-        self._queue = collections.deque()
-        self._waiters = collections.deque()
+        self._queue = []
+        self._waiters = []
         self.closed = False
 
     def close(self):
@@ -1472,8 +1479,7 @@ class Latch(object):
         :meth:`get` raise it too."""
         with self._lock:
             self.closed = True
-            waiters = list(self._waiters)
-            self._waiters.clear()
+            waiters, self._waiters = self._waiters, []
         for w in waiters:
             w[1] = True
             w[0].release()
@@ -1500,9 +1506,12 @@ class Latch(object):
         with self._lock:
             if self.closed:
                 raise LatchError()
-            self._queue.append(obj)
+            queue = self._queue
+            queue.append(obj)
+            if len(queue) > self._SMALL and queue.__class__ is list:
+                self._queue = collections.deque(queue)
             while self._waiters:
-                w = self._waiters.popleft()
+                w = self._waiters.pop(0)
                 if not w[1]:
                     w[1] = True
                     w[0].release()
@@ -1523,7 +1532,7 @@ class Latch(object):
                 if self.closed:
                     raise LatchError()
                 if self._queue:
-                    return self._queue.popleft()
+                    return self._pop()
                 if not block or (remaining is not None and remaining <= 0):
                     raise TimeoutError()
                 waiter = [threading.Lock(), False]
@@ -1541,9 +1550,16 @@ class Latch(object):
                 if self.closed:
                     raise LatchError()
                 if self._queue:
-                    return self._queue.popleft()
+                    return self._pop()
             # Woken for an item another thread took first: wait again for
             # what is left of the timeout.
+
+    def _pop(self):
+        # Under the lock, the queue not empty; works on a list and a deque.
+        queue = self._queue
+        obj = queue[0]
+        del queue[0]
+        return obj
 
     def __repr__(self):
         return 'Latch(%#x, size=%d)' % (id(self), len(self._queue))
