@@ -33,6 +33,21 @@ def test_items_come_out_in_the_order_they_were_put():
     assert [latch.get() for _ in range(100)] == list(range(100))
 
 
+def test_order_holds_while_a_growing_queue_changes_structure():
+    # The queue starts small and is rebuilt once it grows: puts and gets
+    # interleaved across that point must keep their order.
+    latch = Latch()
+    got = []
+    for i in range(20):
+        latch.put(i)
+    got.extend(latch.get() for _ in range(5))
+    for i in range(20, 60):
+        latch.put(i)
+    while not latch.empty():
+        got.append(latch.get())
+    assert got == list(range(60))
+
+
 def test_put_without_argument_queues_none():
     latch = Latch()
     latch.put()

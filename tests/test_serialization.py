@@ -183,6 +183,16 @@ def test_bytes_deep_inside_containers_travel_out_of_band():
     assert body.endswith(data)
 
 
+def test_bytes_behind_names_and_empty_arguments_travel_out_of_band():
+    # The shape of a call: names, None and empty containers are skipped
+    # without a look inside, the byte string after them is still found.
+    data = b'e' * 500
+    flags, body = serialize((u'mod', None, u'fn', (), Kwargs({}),
+                             Kwargs({u'k': 1, u'data': data})))
+    assert oob_count(flags, body) == 1
+    assert body.endswith(data)
+
+
 def test_same_bytes_object_referenced_twice_is_sent_once():
     data = os.urandom(1000)
     flags, body = serialize([data, {u'again': data}])

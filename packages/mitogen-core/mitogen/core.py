@@ -1080,6 +1080,9 @@ def _safe_reconstructor(cls, base, state):
 _SCALARS = frozenset([int, float, bool, type(None), UnicodeType] +
                      list(integer_types))
 _CONTAINERS = frozenset([tuple, list, set, frozenset])
+# Exact types whose emptiness holds no byte string (the test `not obj` runs
+# no code of the caller's).
+_EMPTY_OK = frozenset([tuple, list, set, frozenset, dict, Kwargs, BytesType])
 
 
 def _needs_oob(obj, budget):
@@ -1095,13 +1098,20 @@ def _needs_oob(obj, budget):
     budget[0] -= 1
     if budget[0] < 0:
         return True
+    # Scalar and empty items are decided here rather than by a recursive
+    # call each: a call's tuple is mostly names, None and empty arguments.
     if t in _CONTAINERS:
         for item in obj:
+            it = type(item)
+            if it in _SCALARS or (it in _EMPTY_OK and not item):
+                continue
             if _needs_oob(item, budget):
                 return True
         return False
     if t is dict or t is Kwargs:
         for k, v in iteritems(obj):
+            if type(k) in _SCALARS and type(v) in _SCALARS:
+                continue
             if _needs_oob(k, budget) or _needs_oob(v, budget):
                 return True
         return False
