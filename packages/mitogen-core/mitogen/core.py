@@ -3175,20 +3175,24 @@ class Router(object):
             raise Error('handle %r is already in use' % (handle,))
         self._handle_map[handle] = persist, fn, policy, respondent
         if respondent is not None:
-            if respondent not in self._handles_by_respondent:
-                self._handles_by_respondent[respondent] = set()
+            # Every call registers its reply handle here: one lookup of the
+            # respondent's set (hashing a Context builds a tuple).
+            handles = self._handles_by_respondent.get(respondent)
+            if handles is None:
+                handles = self._handles_by_respondent[respondent] = set()
                 listen(respondent, 'disconnect',
                        lambda: self._on_respondent_disconnect(respondent))
-            self._handles_by_respondent[respondent].add(handle)
+            handles.add(handle)
             if self._respondent_gone(respondent):
                 self.broker.defer(self._on_respondent_disconnect, respondent)
         return handle
 
     def _respondent_gone(self, context):
-        stream = self.stream_by_id(context.context_id)
-        if context.context_id == self.context_id:
-            return False
-        return stream is None or stream.disconnected
+        target_id = context.context_id
+        stream = self._stream_by_id.get(target_id, self.parent_stream)
+        if stream is None or stream.disconnected:
+            return target_id != self.context_id
+        return False
 
     def _on_respondent_disconnect(self, context):
         for handle in self._handles_by_respondent.pop(context, ()):
