@@ -7,6 +7,7 @@ Every wait is bounded: results are fetched with ``get(timeout=...)``, so a
 hang shows up as :class:`mitogen.core.TimeoutError` rather than a stuck
 test, and processes are watched through ``/proc`` with a deadline.
 """
+import json
 import os
 import select
 import signal
@@ -208,3 +209,84 @@ def test_sigkill_of_the_master_ends_every_child(interpreter):
         for pid in pids:
             if not procs.is_gone(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+# -- Terminals and terminal signals ------------------------------------------
+
+def start_terminal_master(interpreter, terminal):
+    """Run support/life_terminal_master.py in a new session, with a pseudo
+    terminal as its controlling terminal if `terminal`; return the process,
+    its first JSON line and the pty master (or None)."""
+    script = os.path.join(HERE, 'support', 'life_terminal_master.py')
+    master_fd = slave_fd = None
+    kwargs = dict(start_new_session=True)
+    if terminal:
+        import fcntl
+        import termios
+        master_fd, slave_fd = os.openpty()
+
+        def take_terminal():
+            os.setsid()
+            fcntl.ioctl(2, termios.TIOCSCTTY, 0)
+        kwargs = dict(stderr=slave_fd, preexec_fn=take_terminal)
+    proc = subprocess.Popen([sys.executable, script, interpreter.path],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            **kwargs)
+    if slave_fd is not None:
+        os.close(slave_fd)
+    return proc, json.loads(read_line(proc, 60)), master_fd
+
+
+def stop_terminal_master(proc, info, master_fd):
+    proc.stdin.close()
+    try:
+        proc.wait(timeout=PROMPTLY)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    proc.stdout.close()
+    if master_fd is not None:
+        os.close(master_fd)
+    for child in (info or {}).get('children', []):
+        assert wait_gone(child['pid'])
+
+
+@spread(['3.13'])
+def test_sigint_to_the_masters_process_group_does_not_reach_children(
+        interpreter):
+    proc, info, master_fd = start_terminal_master(interpreter, False)
+    try:
+        assert [c['pgid'] == info['master']['pgid']
+                for c in info['children']] == [False, False]
+        os.killpg(info['master']['pgid'], signal.SIGINT)
+        proc.stdin.write(b'\n')
+        proc.stdin.flush()
+        after = json.loads(read_line(proc, PROMPTLY))
+        assert after == {'interrupts': 1, 'answers': [
+            c['pid'] for c in info['children']]}
+    finally:
+        stop_terminal_master(proc, info, master_fd)
+
+
+@spread(['2.7', '3.13'])
+def test_children_never_share_the_masters_controlling_terminal(interpreter):
+    proc, info, master_fd = start_terminal_master(interpreter, True)
+    try:
+        assert info['master']['tty'] is True
+        assert [(c['tty'], c['sid'] == c['pid']) for c in info['children']] \
+            == [(False, True), (False, True)]
+    finally:
+        stop_terminal_master(proc, info, master_fd)
+
+
+@spread(['3.13'])
+def test_children_of_a_master_without_terminal_have_no_terminal_either(
+        interpreter):
+    proc, info, master_fd = start_terminal_master(interpreter, False)
+    try:
+        assert info['master']['tty'] is False
+        assert [c['tty'] for c in info['children']] == [False, False]
+        assert [c['pgid'] == c['pid'] for c in info['children']] \
+            == [True, True]
+    finally:
+        stop_terminal_master(proc, info, master_fd)
