@@ -167,15 +167,25 @@ DUPLICATE_PROGRAM = textwrap.dedent('''
 ''')
 
 
-def test_two_distributions_registering_one_name_warn_naming_both(tmp_path):
-    for relative, text in DUPLICATE_SITE.items():
+def run_in_site(site, program, tmp_path):
+    """Write `site` ({relative path: text or bytes}) under `tmp_path`, run
+    `program` with it first on sys.path and return its output's last
+    line."""
+    for relative, data in site.items():
         path = tmp_path / relative
         path.parent.mkdir(exist_ok=True)
-        path.write_text(text)
-
+        if isinstance(data, bytes):
+            path.write_bytes(data)
+        else:
+            path.write_text(data)
     out = subprocess.check_output(
-        [sys.executable, '-c', DUPLICATE_PROGRAM, str(tmp_path)])
-    found = json.loads(out.decode().splitlines()[-1])
+        [sys.executable, '-c', program, str(tmp_path)])
+    return out.decode().splitlines()[-1]
+
+
+def test_two_distributions_registering_one_name_warn_naming_both(tmp_path):
+    found = json.loads(run_in_site(DUPLICATE_SITE, DUPLICATE_PROGRAM,
+                                   tmp_path))
 
     [[category, message]] = found['warnings']
     assert category == 'RuntimeWarning'
@@ -186,3 +196,27 @@ def test_two_distributions_registering_one_name_warn_naming_both(tmp_path):
               'second-dup': 'mitogen.sudo:Connection'}[
         message.split('using the one from ')[1].split('.')[0]]
     assert found['chosen'] == chosen
+
+
+# A method's distribution beside one whose METADATA cannot be decoded.
+BROKEN_NEIGHBOUR_SITE = {
+    'broken_neighbour-1.0.dist-info/METADATA': b'Name: \xff\xfe broken\n',
+    'one_method-1.0.dist-info/METADATA':
+        b'Metadata-Version: 2.1\nName: one-method\nVersion: 1.0\n',
+    'one_method-1.0.dist-info/entry_points.txt':
+        b'[mitogen.transports]\nonly = mitogen.local:Connection\n',
+}
+
+BROKEN_NEIGHBOUR_PROGRAM = textwrap.dedent('''
+    import sys
+    sys.path.insert(0, sys.argv[1])
+    import mitogen.parent
+    cls = mitogen.parent.resolve_transport('only')
+    print('%s:%s' % (cls.__module__, cls.__name__))
+''')
+
+
+def test_undecodable_metadata_of_an_unrelated_distribution_is_not_read(
+        tmp_path):
+    assert run_in_site(BROKEN_NEIGHBOUR_SITE, BROKEN_NEIGHBOUR_PROGRAM,
+                       tmp_path) == 'mitogen.local:Connection'

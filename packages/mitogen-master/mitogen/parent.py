@@ -1162,6 +1162,12 @@ def _installed_transports():
         seen = set()
         try:
             for dist in metadata.distributions():
+                # Only entry_points.txt is read for every distribution:
+                # parsing each one's METADATA (for its name) made this scan
+                # the slowest part of a master's first connection.
+                listed = dist.read_text('entry_points.txt')
+                if not listed or 'mitogen.transports' not in listed:
+                    continue
                 dist_name = dist.metadata['Name']
                 if not dist_name or dist_name.lower() in seen:
                     # A later copy of a distribution on sys.path is shadowed
