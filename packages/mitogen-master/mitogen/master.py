@@ -621,6 +621,14 @@ class ModuleFinder:
         )
 
     def _refusal(self, fullname, memo):
+        # Resolving one module's relations asks about the same names many
+        # times (~90 per module of a package): decided once per request.
+        key = ('refusal', fullname)
+        if key not in memo:
+            memo[key] = self._decide_refusal(fullname, memo)
+        return memo[key]
+
+    def _decide_refusal(self, fullname, memo):
         if fullname in sys.builtin_module_names:
             return '%r is a built-in module' % (fullname,)
         location = self._locate(fullname, memo)
@@ -1126,6 +1134,11 @@ class ModuleResponder:
             if src.is_pkg and pkg_present is None:
                 pkg_present = []
             path, source = self._modified(fullname, src)
+            # Level 6: a record is compressed once and sent to every child
+            # that asks. Measured on 2.4 MB of real sources: level 1 is 2.2x
+            # faster (61 against 138 us per KB) but 16 % bigger, which costs
+            # more than it saves once a few children fetch it over a network;
+            # level 9 is 2.9x slower for 0.5 % less.
             record = mitogen.core.ModuleRecord.found(
                 fullname, pkg_present, path,
                 mitogen.core.Blob(zlib.compress(source, 6)), related)
