@@ -241,9 +241,6 @@ class _ForkSetup(object):
         self.on_start = options.on_start
         self.name = options.name
         self.was_master = mitogen.is_master
-        # A session of its own only if there is a terminal to leave behind;
-        # a process group is enough to keep clear of terminal signals.
-        self.own_session = mitogen.parent._has_controlling_terminal()
 
     def run_child(self, parent_sock, child_sock):
         """Run in the fork; never returns, whatever happens."""
@@ -282,10 +279,7 @@ class _ForkSetup(object):
         _reset_signals()
         on_fork()
         try:
-            if self.own_session:
-                os.setsid()
-            else:
-                os.setpgid(0, 0)
+            os.setsid()
         except OSError:
             pass
         _freeze_inherited_garbage()

@@ -315,21 +315,6 @@ def _terminal_taker():
     return take_terminal
 
 
-def _has_controlling_terminal():
-    # True if this process has a controlling terminal (/dev/tty opens).
-    # Children get a session of their own only then, so that they never
-    # share the terminal; elsewhere a process group of their own keeps them
-    # out of terminal signals just as well, and is cheaper: a new session
-    # also makes the kernel set up a scheduler autogroup (milliseconds
-    # under load).
-    try:
-        fd = os.open('/dev/tty', os.O_RDWR | getattr(os, 'O_NOCTTY', 0))
-    except OSError:
-        return False
-    os.close(fd)
-    return True
-
-
 def _setsid_then(preexec_fn):
     if preexec_fn is None:
         return os.setsid
@@ -341,9 +326,7 @@ def _setsid_then(preexec_fn):
 
 
 def spawn(argv, pty=None, tty_setup=None, preexec_fn=None, env=None):
-    """Start `argv` in a session of its own, or in a process group of its
-    own on Python 3.11+ when neither `pty` nor `preexec_fn` is given and
-    this process has no controlling terminal; return
+    """Start `argv` in a session of its own; return
     `(proc, fd, stderr_fd, tty_fd)`.
 
     :param pty: None: stdin/stdout on a socket pair (`fd` is our end),
@@ -370,10 +353,6 @@ def spawn(argv, pty=None, tty_setup=None, preexec_fn=None, env=None):
                 tty_setup(slave)
             kwargs['stderr'] = slave
             kwargs['preexec_fn'] = _terminal_taker()
-        elif (sys.version_info >= (3, 11) and preexec_fn is None
-              and not _has_controlling_terminal()):
-            # Without preexec_fn, Popen keeps its vfork fast path.
-            kwargs['process_group'] = 0
         elif mitogen.core.PY3:
             kwargs['start_new_session'] = True
             kwargs['preexec_fn'] = preexec_fn
