@@ -3556,6 +3556,11 @@ class Importer(object):
             self._cache['mitogen.core'] = ModuleRecord.found(
                 'mitogen.core', None, 'mitogen/core.py', core_compressed)
 
+    #: The compiled core this context was started with (see
+    #: :func:`mitogen.parent.get_core_code`), kept for the children it
+    #: starts that run the same interpreter; empty if it has none.
+    core_code = b''
+
     def __repr__(self):
         return 'Importer'
 
@@ -4161,6 +4166,10 @@ class ExternalContext(object):
     #: before it starts serving calls (used by :mod:`mitogen.fork`).
     on_start = None
 
+    #: The compiled core this context was started with, as its parent sent
+    #: it, or empty if it compiled the source itself.
+    core_code = b''
+
     def __init__(self, config):
         self.config = config
 
@@ -4284,6 +4293,7 @@ class ExternalContext(object):
                                  whitelist=self.config.get('whitelist', ()),
                                  blacklist=self.config.get('blacklist', ()),
                                  pkg_present=self.config.get('pkg_present'))
+        self.importer.core_code = self.core_code
         sys.meta_path.append(self.importer)
         self._main_module = None
 
@@ -4429,9 +4439,10 @@ def ready_line():
     return line.encode('ascii')
 
 
-def _bootstrap_main(config_bytes, core_compressed):
-    """Entry point called by the first stage with the parent's config and
-    the zlib-compressed core; never returns."""
+def _bootstrap_main(config_bytes, core_compressed, core_code=b''):
+    """Entry point called by the first stage with the parent's config, the
+    zlib-compressed core and, if this context runs it, the compiled core as
+    the parent sent it (else empty); never returns."""
     config = deserialize(ord(config_bytes[0:1]), config_bytes[1:])
     config = dict((to_text(k), v) for k, v in config.items())
     in_fd = os.dup(0)
@@ -4440,6 +4451,7 @@ def _bootstrap_main(config_bytes, core_compressed):
     config['out_fd'] = out_fd
     econtext = ExternalContext(config)
     econtext.core_compressed = core_compressed
+    econtext.core_code = core_code
     econtext.ready_line = ready_line()
     econtext.main()
     os._exit(0)
