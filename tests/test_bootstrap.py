@@ -10,11 +10,13 @@ particular way.
 import os
 import re
 import stat
+import sys
 import time
 import zlib
 
 import pytest
 
+import interpreters
 import leakcheck
 import mitogen.core
 import mitogen.parent
@@ -53,6 +55,60 @@ def test_core_is_shipped_even_to_an_interpreter_that_has_mitogen_installed(
     context = router.local()
     facts = context.call(boot_helpers.describe_boot)
     assert facts['core_file'] == u'master:mitogen/core.py'
+
+
+# -- The compiled core ------------------------------------------------------
+
+THIS_VERSION = '%d.%d' % sys.version_info[:2]
+
+
+def own_tag():
+    return mitogen.parent.interpreter_tag().decode('ascii')
+
+
+def test_child_of_this_interpreter_runs_the_compiled_core_under_its_name(
+        router):
+    facts = router.local().call(boot_helpers.compiled_core)
+    assert facts['tag'] == own_tag() != u''
+    assert facts['code_file'] == u'master:mitogen/core.py'
+
+
+@pytest.mark.parametrize('interpreter', interpreters.params([
+    v for v in ['2.7', '3.6', '3.12', '3.13'] if v != THIS_VERSION]),
+    indirect=True)
+def test_child_of_another_interpreter_compiles_the_source(
+        router, interpreter):
+    context = router.local(python_path=interpreter.path)
+    facts = context.call(boot_helpers.compiled_core)
+    assert facts['tag'] == u''
+    assert facts['code_file'] == u'master:mitogen/core.py'
+
+
+def test_compiled_core_with_another_tag_is_not_run(router, monkeypatch):
+    # The parent sends code tagged for another interpreter (and not even
+    # valid marshal data): the child must ignore it and compile the source.
+    monkeypatch.setattr(mitogen.parent, '_core_code_data', [
+        b'cpython-11 b0000f0 0\n' + zlib.compress(b'not code')])
+    facts = router.local().call(boot_helpers.compiled_core)
+    assert facts['tag'] == u''
+
+
+def test_middle_forwards_the_compiled_core_it_received(router, monkeypatch):
+    middle = router.local()
+    # Whatever the middle does, it must not take the core from the master
+    # again: only what it received reaches the leaf.
+    monkeypatch.setattr(mitogen.parent, '_core_code_data', [b''])
+    leaf = router.local(via=middle)
+    assert leaf.call(boot_helpers.compiled_core)['tag'] == own_tag()
+
+
+@pytest.mark.parametrize('interpreter', interpreters.params(['2.7', '3.6']),
+                         indirect=True)
+def test_middle_of_another_interpreter_has_no_compiled_core_to_forward(
+        router, interpreter):
+    middle = router.local(python_path=interpreter.path)
+    leaf = router.local(via=middle, python_path=sys.executable)
+    assert leaf.call(boot_helpers.compiled_core)['tag'] == u''
 
 
 # -- Failing to start --------------------------------------------------------
@@ -124,6 +180,8 @@ def test_child_core_of_another_protocol_is_refused_naming_both(
     source = core_speaking(99)
     monkeypatch.setattr(mitogen.parent, '_core_data',
                         [source, zlib.compress(source, 9)])
+    # The child must run the changed source, not the installed core's code.
+    monkeypatch.setattr(mitogen.parent, '_core_code_data', [b''])
     with pytest.raises(mitogen.parent.CoreVersionError) as info:
         router.local()
     message = str(info.value)

@@ -25,3 +25,18 @@ def describe_boot():
         u'installed_mitogen': installed,
         u'pythonpath': mitogen.core.to_text(os.environ.get('PYTHONPATH', '')),
     }
+
+
+def compiled_core():
+    """Return how this child got its compiled core: the tag of the compiled
+    core it was started with (empty if it compiled the source itself) and
+    the file name its core's code objects carry (what tracebacks show)."""
+    tag = b''
+    for finder in sys.meta_path:
+        if isinstance(finder, mitogen.core.Importer):
+            tag = finder.core_code.partition(b'\n')[0]
+    return {
+        u'tag': mitogen.core.to_text(tag),
+        u'code_file': mitogen.core.to_text(
+            mitogen.core.ready_line.__code__.co_filename),
+    }
