@@ -796,8 +796,10 @@ class Connection(object):
     Everything else — the handshake, the deadline, errors carrying the
     child's last output, routing, reaping — is shared.
 
-    Contract of the handshake: the child writes ``MITO000\\n`` when its
-    first stage runs, reads the compressed core and its config from stdin,
+    Contract of the handshake: the child writes ``MITO000 <interpreter
+    tag>\\n`` when its first stage runs, reads the compressed core, the
+    compiled core for that tag (see :func:`get_core_code`) and its config
+    from stdin,
     and writes ``MITO001 <protocol> <core version> <python version>\\n``
     when the core is running; from then on stdin/stdout carry messages.
 
