@@ -7,7 +7,9 @@ Failures are provoked with fake interpreters: small executable scripts in
 stage>`` arguments the boot command appends, and misbehave in one
 particular way.
 """
+import marshal
 import os
+import py_compile
 import re
 import stat
 import sys
@@ -100,6 +102,36 @@ def test_middle_forwards_the_compiled_core_it_received(router, monkeypatch):
     monkeypatch.setattr(mitogen.parent, '_core_code_data', [b''])
     leaf = router.local(via=middle)
     assert leaf.call(boot_helpers.compiled_core)['tag'] == own_tag()
+
+
+def test_master_takes_the_compiled_core_from_a_current_pyc(tmp_path):
+    source = tmp_path / 'mod.py'
+    source.write_text(u'x = 1\n')
+    py_compile.compile(str(source), doraise=True)
+    code = mitogen.parent._code_from_pyc(str(source))
+    assert code is not None and code.co_filename == str(source)
+    # A changed source makes the .pyc out of date: it must not be used.
+    source.write_text(u'x = 22\n')
+    assert mitogen.parent._code_from_pyc(str(source)) is None
+
+
+def test_master_without_pyc_compiles_the_core_in_another_process():
+    data = mitogen.parent._compile_elsewhere(b'def f():\n    return 1\n')
+    code = marshal.loads(data)
+    assert code.co_filename == u'master:mitogen/core.py'
+    namespace = {}
+    exec(code, namespace)
+    assert namespace['f']() == 1
+
+
+@pytest.mark.parametrize('interpreter', interpreters.params([
+    v for v in ['3.12', '3.13'] if v != THIS_VERSION]), indirect=True)
+def test_compiler_process_of_another_interpreter_is_not_trusted(
+        interpreter, monkeypatch):
+    # sys.executable of a program embedding Python may be another
+    # interpreter: what it compiles must not be shipped as ours.
+    monkeypatch.setattr(sys, 'executable', interpreter.path)
+    assert mitogen.parent._compile_elsewhere(b'x = 1\n') == b''
 
 
 @pytest.mark.parametrize('interpreter', interpreters.params(['2.7', '3.6']),

@@ -56,6 +56,7 @@ import re
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -207,24 +208,88 @@ _core_code_data = []
 
 
 def _own_core_code():
+    source = _installed_core()[0]
     with _core_lock:
         if not _core_code_data:
-            _core_code_data.append(_load_own_core_code())
+            _core_code_data.append(_load_own_core_code(source))
         return _core_code_data[0]
 
 
-def _load_own_core_code():
-    # The code object of the imported core, renamed as the first stage
-    # names the core it compiles, so that tracebacks read the same either
-    # way. Empty where the core was not loaded from a file or code objects
-    # cannot be renamed (Python before 3.8).
-    get_code = getattr(getattr(mitogen.core, '__loader__', None),
-                       'get_code', None)
-    if get_code is None or not hasattr(types.CodeType, 'replace'):
+def _load_own_core_code(source):
+    # The core of this process, loaded from a file (the master, a forked
+    # child), compiled for this interpreter: from its .pyc when that is
+    # current, else by a short-lived interpreter of our own version, so that
+    # the compiler's peak memory never stays in this process. Empty where
+    # neither works or code objects cannot be renamed (Python before 3.8).
+    spec = getattr(mitogen.core, '__spec__', None)
+    if (spec is None or not spec.has_location
+            or not hasattr(types.CodeType, 'replace')):
         return b''
-    code = _renamed(get_code('mitogen.core'), 'master:mitogen/core.py')
-    return interpreter_tag() + b'\n' + zlib.compress(
-        marshal.dumps(code), CORE_ZLIB_LEVEL)
+    code = _code_from_pyc(spec.origin)
+    if code is not None:
+        data = marshal.dumps(_renamed(code, _CORE_FILENAME))
+    else:
+        data = _compile_elsewhere(source)
+    if not data:
+        return b''
+    return interpreter_tag() + b'\n' + zlib.compress(data, CORE_ZLIB_LEVEL)
+
+
+# The name of the core's file in a child, which tracebacks show.
+_CORE_FILENAME = 'master:mitogen/core.py'
+
+
+def _code_from_pyc(path):
+    # The code in the timestamp-checked .pyc of `path`, or None when there
+    # is none or it is out of date (what the import system checks).
+    import importlib.util
+    try:
+        with open(importlib.util.cache_from_source(path), 'rb') as fp:
+            data = fp.read()
+        st = os.stat(path)
+    except (OSError, NotImplementedError, ValueError):
+        return None
+    stamp = struct.pack('<4sIII', importlib.util.MAGIC_NUMBER, 0,
+                        int(st.st_mtime) & 0xFFFFFFFF,
+                        st.st_size & 0xFFFFFFFF)
+    if data[:16] != stamp:
+        return None
+    return marshal.loads(data[16:])
+
+
+#: Run by :func:`_compile_elsewhere`: compile the source on stdin as the
+#: first stage would and write this interpreter's tag and the marshalled code.
+_COMPILE_PROGRAM = (
+    "import marshal,sys;v=sys.implementation;"
+    "t=('%%s %%x %%d'%%(v.cache_tag,sys.hexversion,sys.flags.optimize));"
+    "o=compile(sys.stdin.buffer.read(),%r,'exec');"
+    "sys.stdout.buffer.write(t.encode('ascii')+b'\\n'+marshal.dumps(o))"
+    % (_CORE_FILENAME,))
+
+
+def _compile_elsewhere(source):
+    # Marshalled code of `source` compiled by a new process of this
+    # interpreter, or b'' if it failed or turned out to be another
+    # interpreter (sys.executable of an embedding program).
+    argv = [sys.executable, '-I', '-S'] + (
+        ['-' + 'O' * sys.flags.optimize] if sys.flags.optimize else []) + [
+        '-c', _COMPILE_PROGRAM]
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL)
+        try:
+            out, _ = proc.communicate(source, timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            return b''
+    except OSError:
+        return b''
+    tag, _, data = out.partition(b'\n')
+    if proc.returncode != 0 or tag != interpreter_tag():
+        return b''
+    return data
 
 
 def _renamed(code, filename):
