@@ -191,8 +191,9 @@ def get_core_code(tag):
     for that interpreter, in which case the child compiles the source.
 
     A child forwards the compiled core it was started with, never compiling
-    one itself; the master (and a forked child) ships the code of the core it
-    imported (from its ``.pyc``, without compiling when that is current)."""
+    one itself; the master (and a forked child) ships its core compiled for
+    its own interpreter: read from the core's ``.pyc`` when that is current,
+    else compiled once by a short-lived process of the same interpreter."""
     if not tag:
         return b''
     importer = None if mitogen.is_master else _find_importer()
