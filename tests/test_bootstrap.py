@@ -143,6 +143,18 @@ def test_middle_of_another_interpreter_has_no_compiled_core_to_forward(
     assert leaf.call(boot_helpers.compiled_core)['tag'] == u''
 
 
+@pytest.mark.parametrize('interpreter', interpreters.params([
+    v for v in ['3.12', '3.13'] if v != THIS_VERSION]), indirect=True)
+def test_middle_of_another_interpreter_starts_a_leaf_of_its_own_version(
+        router, interpreter):
+    # The middle received no compiled core (another version than the
+    # master's) and its core came through its stdin, not from a file: the
+    # leaf, of the middle's version, compiles the source.
+    middle = router.local(python_path=interpreter.path)
+    leaf = router.local(via=middle, python_path=interpreter.path)
+    assert leaf.call(boot_helpers.compiled_core)['tag'] == u''
+
+
 # -- Failing to start --------------------------------------------------------
 
 def test_missing_interpreter_raises_stream_error_naming_it(router, tmp_path):

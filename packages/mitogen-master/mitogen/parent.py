@@ -208,7 +208,17 @@ def get_core_code(tag):
 _core_code_data = []
 
 
+def _core_from_file():
+    # Whether this process imported its core from a file (the master, a
+    # forked child), as opposed to receiving it through its stdin.
+    spec = getattr(mitogen.core, '__spec__', None)
+    return spec is not None and bool(getattr(spec, 'has_location', False))
+
+
 def _own_core_code():
+    if not _core_from_file():
+        # A child whose core came through its stdin: nothing to read.
+        return b''
     source = _installed_core()[0]
     with _core_lock:
         if not _core_code_data:
@@ -222,11 +232,9 @@ def _load_own_core_code(source):
     # current, else by a short-lived interpreter of our own version, so that
     # the compiler's peak memory never stays in this process. Empty where
     # neither works or code objects cannot be renamed (Python before 3.8).
-    spec = getattr(mitogen.core, '__spec__', None)
-    if (spec is None or not spec.has_location
-            or not hasattr(types.CodeType, 'replace')):
+    if not hasattr(types.CodeType, 'replace'):
         return b''
-    code = _code_from_pyc(spec.origin)
+    code = _code_from_pyc(mitogen.core.__spec__.origin)
     if code is not None:
         data = marshal.dumps(_renamed(code, _CORE_FILENAME))
     else:
